@@ -1,0 +1,377 @@
+"""``opbridge.custom_op``: declare an operator once for torch, ONNX and ONNX Runtime."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+import typing
+from typing import Any
+
+import numpy as np
+import onnx.defs
+import torch
+
+from opbridge._errors import DeclarationError
+from opbridge._registry import REGISTRY, Lowering
+from opbridge.declaration._schema import fake_infer, make_schema, register_schema
+from opbridge.declaration._signature import OpLayout, layout_of
+from opbridge.runtime._kernels import AttrSpec, IOSpec, KernelSpec
+
+__all__ = ["CustomOpDef", "custom_op"]
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_NAME_RE = re.compile(rf"^({_IDENT})::({_IDENT})$")
+_DOMAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+
+
+def _camel_case(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
+
+
+class CustomOpDef:
+    """A declared op: a torch op, an ONNX node type and (optionally) kernels.
+
+    Returned by :func:`custom_op`; call it like the function it decorates. The
+    torch op is also reachable as ``torch.ops.<namespace>.<name>``.
+    """
+
+    def __init__(
+        self,
+        torch_def: Any,
+        *,
+        namespace: str,
+        name: str,
+        domain: str,
+        op_type: str,
+        version: int,
+    ) -> None:
+        self._torch_def = torch_def
+        self.namespace = namespace
+        self.name = name
+        self.domain = domain
+        self.op_type = op_type
+        self.version = version
+        self._numpy_kernel: Callable[..., Any] | None = None
+        self._native_library: Path | str | None = None
+        self._lowering: Lowering | None = None
+        self._layout = layout_of(self.overload)
+        self._layout.check_supported()
+        self._schema = make_schema(
+            self._layout,
+            domain=domain,
+            op_type=op_type,
+            version=version,
+            infer=fake_infer(self._layout, self.overload),
+            doc=f"Declared with opbridge from torch op {self.qualified_name}.",
+        )
+        register_schema(self._schema)
+
+    # -- identity -----------------------------------------------------------------
+    @property
+    def qualified_name(self) -> str:
+        """``"namespace::name"``, the torch op name."""
+        return f"{self.namespace}::{self.name}"
+
+    @property
+    def onnx_name(self) -> str:
+        """``"domain::op_type"``, the ONNX node written for this op."""
+        return f"{self.domain}::{self.op_type}"
+
+    @property
+    def overload(self) -> torch._ops.OpOverload:
+        """The torch op overload, ``torch.ops.<namespace>.<name>.default``."""
+        return getattr(getattr(torch.ops, self.namespace), self.name).default
+
+    @property
+    def layout(self) -> OpLayout:
+        """Which arguments become node inputs and which attributes."""
+        return self._layout
+
+    @property
+    def schema(self) -> onnx.defs.OpSchema:
+        """The ONNX schema registered for ``domain::op_type``."""
+        return self._schema
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._torch_def(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"CustomOpDef({self.qualified_name} -> {self.onnx_name} v{self.version}, "
+            f"kernel={self.kernel_origin})"
+        )
+
+    # -- registrations ------------------------------------------------------------
+    def register_fake(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Registers the shape function used by ``torch.export`` (as in torch.library)."""
+        self._torch_def.register_fake(fn)
+        return fn
+
+    def register_kernel(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Registers a numpy kernel for ONNX Runtime.
+
+        ``fn`` takes the op's arguments by name, numpy arrays for tensors, and returns
+        a numpy array (or a tuple of them). Without it, ONNX Runtime runs the op's own
+        torch implementation.
+        """
+        self._numpy_kernel = fn
+        return fn
+
+    @typing.overload
+    def register_lowering(
+        self, fn: Callable[..., Any], *, function_domain: str | None = None
+    ) -> Callable[..., Any]: ...
+    @typing.overload
+    def register_lowering(
+        self, fn: None = None, *, function_domain: str | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+    def register_lowering(
+        self, fn: Callable[..., Any] | None = None, *, function_domain: str | None = None
+    ) -> Any:
+        """Writes this op as other ONNX ops instead of one ``domain::op_type`` node.
+
+        ``fn(op, *args, **kwargs)`` receives the builder ``op`` and the op's arguments
+        (ONNX values for tensors, Python values for attributes).
+        """
+        from opbridge.lowering import register_lowering
+
+        if fn is None:
+            return lambda f: self.register_lowering(f, function_domain=function_domain)
+        register_lowering(self.qualified_name, fn, function_domain=function_domain)
+        return fn
+
+    def register_native_kernel(self, library: str | Path) -> None:
+        """Names the native library (a built ``.so``) that implements ``domain::op_type``.
+
+        ``opbridge.Session`` then loads that library and runs the node without Python.
+        """
+        path = Path(library)
+        if not path.is_file():
+            raise DeclarationError(
+                f"Native kernel library for {self.onnx_name} not found at '{path}'. "
+                f"Build one with opbridge.build_library(...) or opbridge.load_inline(...)."
+            )
+        self._native_library = path
+
+    @property
+    def native_library(self) -> Path | None:
+        """The native kernel library named with :meth:`register_native_kernel`."""
+        return Path(self._native_library) if self._native_library else None
+
+    @property
+    def kernel_origin(self) -> str:
+        """Where ONNX Runtime's kernel comes from: ``native``, ``numpy`` or ``torch``."""
+        if self._native_library is not None:
+            return "native"
+        return "numpy" if self._numpy_kernel is not None else "torch"
+
+    # -- views used by the exporters and the runtime ------------------------------
+    def default_lowering(self) -> Lowering:
+        """The lowering writing one ``domain::op_type`` node (no user lowering)."""
+        return Lowering(target=self.qualified_name, fn=self._single_node)
+
+    def _single_node(self, op: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = _bind(self._layout, args, kwargs)
+        inputs: list[Any] = []
+        for p in self._layout.inputs:
+            value = bound.get(p.name)
+            if p.variadic:
+                inputs.extend(value or ())
+            else:
+                inputs.append(value)
+        attrs = {
+            p.name: bound[p.name]
+            for p in self._layout.attributes
+            if bound.get(p.name) is not None
+        }
+        node = op.domain(self.domain, version=self.version)
+        return getattr(node, self.op_type)(
+            *inputs, _outputs=self._layout.num_outputs, **attrs
+        )
+
+    def kernel_spec(self) -> KernelSpec:
+        """The ONNX Runtime kernel for ``domain::op_type`` as plain data."""
+        layout = self._layout
+        inputs = tuple(IOSpec(p.name, (), p.optional, p.variadic) for p in layout.inputs)
+        outputs = tuple(IOSpec(f"output_{j}") for j in range(layout.num_outputs))
+        attributes = tuple(
+            AttrSpec(p.name, p.attr_kind, p.default, required=not p.optional)  # type: ignore[arg-type]
+            for p in layout.attributes
+        )
+        if self._numpy_kernel is not None:
+            compute = _numpy_compute(layout, self._numpy_kernel)
+            origin = "python"
+        else:
+            compute = _torch_compute(layout, self.overload)
+            origin = "torch"
+        return KernelSpec(
+            self.domain, self.op_type, self.version, inputs, outputs, attributes, compute, origin
+        )
+
+
+def _bind(layout: OpLayout, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound: dict[str, Any] = {}
+    positional = [p for p in layout.params if not p.kwarg_only]
+    if len(args) > len(positional):
+        raise TypeError(f"{layout.name} takes {len(positional)} positional arguments")
+    for p, a in zip(positional, args, strict=False):
+        bound[p.name] = a
+    bound.update(kwargs)
+    return bound
+
+
+def _split_inputs(layout: OpLayout, inputs: Sequence[Any]) -> dict[str, Any]:
+    """Maps kernel inputs (variadic flattened) back to parameter names."""
+    named: dict[str, Any] = {}
+    params = layout.inputs
+    for i, p in enumerate(params):
+        if p.variadic:
+            named[p.name] = list(inputs[i:])
+            break
+        named[p.name] = inputs[i] if i < len(inputs) else None
+    return named
+
+
+def _numpy_compute(layout: OpLayout, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
+        return fn(**_split_inputs(layout, inputs), **attrs)
+
+    compute.__name__ = f"{layout.name}:numpy"
+    return compute
+
+
+def _to_torch(x: np.ndarray) -> torch.Tensor:
+    if x.dtype.name == "bfloat16":  # numpy has no bfloat16; ml_dtypes' shares the bits
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
+    def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
+        named = _split_inputs(layout, inputs)
+        with warnings.catch_warnings():
+            # ORT's buffers are read-only views; the torch impl must not write them.
+            warnings.simplefilter("ignore", UserWarning)
+            tensors = {
+                k: ([_to_torch(x) for x in v] if isinstance(v, list) else
+                    (None if v is None else _to_torch(v)))
+                for k, v in named.items()
+            }  # fmt: skip
+        with torch.no_grad():
+            out = overload(**tensors, **attrs)
+        if isinstance(out, (tuple, list)):
+            return tuple(_to_numpy(o) for o in out)
+        return _to_numpy(out)
+
+    compute.__name__ = f"{layout.name}:torch"
+    return compute
+
+
+@typing.overload
+def custom_op(
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    domain: str,
+    op_type: str | None = None,
+    version: int = 1,
+    mutates_args: Iterable[str] | str = (),
+) -> CustomOpDef: ...
+@typing.overload
+def custom_op(
+    name: str,
+    fn: None = None,
+    *,
+    domain: str,
+    op_type: str | None = None,
+    version: int = 1,
+    mutates_args: Iterable[str] | str = (),
+) -> Callable[[Callable[..., Any]], CustomOpDef]: ...
+def custom_op(
+    name: str,
+    fn: Callable[..., Any] | None = None,
+    *,
+    domain: str,
+    op_type: str | None = None,
+    version: int = 1,
+    mutates_args: Iterable[str] | str = (),
+) -> Any:
+    """Declares a custom op for torch, ONNX export and ONNX Runtime at once.
+
+    Use it like ``torch.library.custom_op`` on a function with type hints::
+
+        @opbridge.custom_op("mylib::scale_add", domain="mydomain")
+        def scale_add(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
+            return x + alpha * y
+
+    The torch op ``torch.ops.mylib.scale_add`` works in eager mode, ``torch.export``
+    and ``torch.compile``; exported to ONNX it is one ``mydomain::ScaleAdd`` node
+    whose inputs are the tensor parameters and whose attributes are the others.
+
+    Args:
+        name: ``"namespace::name"`` of the torch op.
+        fn: The implementation; omit it to use ``custom_op`` as a decorator.
+        domain: ONNX domain of the node, e.g. ``"mydomain"`` or ``"com.microsoft"``.
+        op_type: ONNX op type; defaults to the CamelCase of ``name``.
+        version: Opset version of ``domain`` the node needs.
+        mutates_args: Names of arguments the implementation writes (as in torch).
+
+    Returns:
+        A :class:`CustomOpDef` (or a decorator producing one).
+
+    Raises:
+        DeclarationError: Bad name, domain or version, or a parameter type ONNX
+            cannot carry.
+    """
+    match = _NAME_RE.match(name) if isinstance(name, str) else None
+    if match is None:
+        raise DeclarationError(
+            f"Custom op name {name!r} is not of the form 'namespace::name' with identifiers, "
+            f"e.g. 'mynamespace::custom_group_norm'."
+        )
+    namespace, op_name = match.groups()
+    if not isinstance(domain, str) or not _DOMAIN_RE.match(domain) or domain in _STANDARD_DOMAINS:
+        raise DeclarationError(
+            f"Custom op {name}: domain {domain!r} is not a custom ONNX domain; pick one of "
+            f"your own such as 'mydomain' or 'com.mycompany' (letters, digits, '.', '_', '-')."
+        )
+    if not isinstance(version, int) or version < 1:
+        raise DeclarationError(f"Custom op {name}: version must be an int >= 1, got {version!r}.")
+    resolved_type = op_type or _camel_case(op_name)
+    if not re.match(rf"^{_IDENT}$", resolved_type):
+        raise DeclarationError(f"Custom op {name}: op_type {resolved_type!r} is not an identifier.")
+
+    def decorate(func: Callable[..., Any]) -> CustomOpDef:
+        try:
+            torch_def = torch.library.custom_op(name, func, mutates_args=mutates_args)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise DeclarationError(
+                f"Custom op {name}: torch rejected the signature of {func.__qualname__}: {e} "
+                f"Annotate every parameter with one of: Tensor, Optional[Tensor], list[Tensor], "
+                f"int, float, bool, str, or list of int/float/bool/str; and the return type "
+                f"with Tensor or tuple[Tensor, ...]."
+            ) from e
+        op = CustomOpDef(
+            torch_def,
+            namespace=namespace,
+            name=op_name,
+            domain=domain,
+            op_type=resolved_type,
+            version=version,
+        )
+        REGISTRY.add_op(op)
+        return op
+
+    return decorate(fn) if fn is not None else decorate

@@ -1,0 +1,107 @@
+"""Adapter for the ``torch.export``-based exporter (``torch.onnx.export(dynamo=True)``).
+
+It turns the registry into a ``custom_translation_table`` whose entries write one
+placeholder node each; the lowerings themselves run later, in the expansion pass.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import onnx
+import onnxscript.values
+import torch
+
+from opbridge.declaration._signature import Param
+from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, Pending, PlaceholderTable
+
+__all__ = ["export_dynamo"]
+
+_PY_TYPES = {"int": int, "float": float, "str": str, "ints": list[int], "floats": list[float],
+             "strs": list[str]}
+
+
+def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
+    """A function with the torch op's signature that writes the placeholder node."""
+    layout = pending.layout
+    emit = getattr(opset, pending.key)
+    parameters = []
+    annotations: dict[str, Any] = {}
+    for p in layout.params:
+        kind = inspect.Parameter.KEYWORD_ONLY if p.kwarg_only else (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        default = None if p.optional else inspect.Parameter.empty
+        if p.has_default and p.kind == "attribute":
+            default = p.default
+        parameters.append(inspect.Parameter(p.name, kind, default=default))
+        if p.kind == "attribute":
+            annotations[p.name] = _PY_TYPES[p.attr_kind]  # type: ignore[index]
+    signature = inspect.Signature(parameters)
+
+    def translate(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        inputs: list[Any] = []
+        attrs: dict[str, Any] = {}
+        for p in layout.params:
+            value = bound.arguments.get(p.name)
+            if p.kind == "input":
+                if p.variadic:
+                    inputs.extend(value or ())
+                else:
+                    inputs.append(value)
+            elif value is not None:
+                attrs[p.name] = _attr(p, value)
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        return emit(*inputs, **attrs)
+
+    translate.__name__ = pending.key
+    translate.__signature__ = signature  # type: ignore[attr-defined]
+    translate.__annotations__ = annotations
+    return translate
+
+
+def _attr(p: Param, value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        from opbridge._dtypes import torch_to_onnx
+
+        return torch_to_onnx(value)
+    if p.is_bool:
+        return [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+    if p.attr_kind == "float":
+        return float(value)
+    return value
+
+
+def export_dynamo(
+    model: Any,
+    args: tuple[Any, ...],
+    table: PlaceholderTable,
+    *,
+    opset_version: int | None,
+    dynamic_shapes: Any,
+    input_names: list[str] | None,
+    output_names: list[str] | None,
+    kwargs: dict[str, Any] | None = None,
+) -> onnx.ModelProto:
+    """Exports with ``dynamo=True``; placeholders stand for every lowered op."""
+    table.register_schemas()
+    opset = onnxscript.values.Opset(PLACEHOLDER_DOMAIN, 1)
+    translation_table = {p.overload: _translation(p, opset) for p in table.entries.values()}
+    program = torch.onnx.export(
+        model,
+        args,
+        kwargs=kwargs,
+        dynamo=True,
+        opset_version=opset_version,
+        dynamic_shapes=dynamic_shapes,
+        input_names=input_names,
+        output_names=output_names,
+        custom_translation_table=translation_table,
+        verbose=False,
+        report=False,
+        optimize=True,
+    )
+    return program.model_proto

@@ -1,0 +1,177 @@
+"""Adapter for the legacy TorchScript exporter (``torch.onnx.export(dynamo=False)``).
+
+It registers, for the duration of one export, a symbolic function per lowered op
+namespace/name that writes the placeholder node; lowerings run later, in the
+expansion pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import onnx
+import torch
+from torch.onnx import symbolic_helper
+
+from opbridge._errors import ExportError
+from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, PlaceholderTable
+
+__all__ = ["export_torchscript"]
+
+_SUFFIX = {"int": "i", "float": "f", "str": "s", "ints": "i", "floats": "f", "strs": "s"}
+_CONST_DESC = {"int": "i", "float": "f", "str": "s", "ints": "is", "floats": "fs", "strs": "s"}
+_SCHEMA_NAME = re.compile(r"^([\w:]+)(?:\.(\w+))?\(")
+
+
+def _overload_of(node: Any) -> str:
+    try:
+        schema = node.schema()
+    except RuntimeError:
+        schema = "(no schema)"
+    match = _SCHEMA_NAME.match(schema)
+    if match is None:
+        return f"{node.kind()}.default"
+    return f"{match.group(1)}.{match.group(2) or 'default'}"
+
+
+def _constant(value: Any, param: Any, op_name: str) -> Any:
+    if symbolic_helper._is_none(value):
+        return None
+    if not isinstance(value, torch._C.Value):
+        return value
+    kind = value.node().kind()
+    if kind not in ("onnx::Constant", "prim::Constant", "prim::ListConstruct"):
+        raise ExportError(
+            f"{op_name}: argument '{param.name}' becomes an ONNX attribute and must be known at "
+            f"export time, but it is computed in the graph."
+        )
+    desc = "b" if param.is_bool and param.attr_kind == "int" else _CONST_DESC[param.attr_kind]
+    result = symbolic_helper._maybe_get_const(value, desc)
+    if isinstance(result, torch._C.Value):
+        result = symbolic_helper._get_const(value, desc, param.name)
+    if isinstance(result, torch.Tensor):
+        result = result.tolist()
+    return result
+
+
+def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> Any:
+    def symbolic(g: Any, *args: Any) -> Any:
+        overload = _overload_of(g.original_node)
+        pending = table.by_overload.get(overload)
+        if pending is None:
+            fallback = builtin.get(packet)
+            if fallback is None:
+                raise ExportError(
+                    f"No ONNX lowering for '{overload}'. Register one with "
+                    f"opbridge.register_lowering('{overload}', fn)."
+                )
+            return fallback(g, *args)
+        layout = pending.layout
+        inputs: list[Any] = []
+        attrs: dict[str, Any] = {}
+        for p, arg in zip(layout.params, args, strict=False):
+            if p.kind == "input":
+                if p.variadic:
+                    inputs.extend(symbolic_helper._unpack_list(arg))
+                elif symbolic_helper._is_none(arg):
+                    inputs.append(None)
+                else:
+                    inputs.append(arg)
+            else:
+                value = _constant(arg, p, overload)
+                if value is not None:
+                    if p.is_bool:
+                        value = [int(v) for v in value] if isinstance(value, list) else int(value)
+                    attrs[f"{p.name}_{_SUFFIX[p.attr_kind]}"] = value
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        if any(i is None for i in inputs):
+            raise ExportError(
+                f"{overload}: an absent optional tensor before a present one is not supported "
+                f"by the TorchScript exporter; use exporter='dynamo'."
+            )
+        outputs = g.op(f"{PLACEHOLDER_DOMAIN}::{pending.key}", *inputs,
+                       outputs=layout.num_outputs, **attrs)
+        results = outputs if isinstance(outputs, (tuple, list)) else [outputs]
+        for result, original in zip(results, g.original_node.outputs(), strict=False):
+            result.setType(original.type())
+        return outputs if layout.num_outputs > 1 else results[0]
+
+    return symbolic
+
+
+@contextlib.contextmanager
+def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
+    from torch.onnx._internal.torchscript_exporter import registration
+
+    packets = sorted({name.rsplit(".", 1)[0] for name in table.by_overload})
+    builtin: dict[str, Any] = {}
+    for packet in packets:
+        group = registration.registry.get_function_group(packet)
+        if group is not None:
+            builtin[packet] = group.get(opset_version)
+    try:
+        for packet in packets:
+            torch.onnx.register_custom_op_symbolic(
+                packet, _symbolic(table, builtin, packet), opset_version
+            )
+        yield
+    finally:
+        for packet in packets:
+            torch.onnx.unregister_custom_op_symbolic(packet, opset_version)
+
+
+def export_torchscript(
+    model: Any,
+    args: tuple[Any, ...],
+    table: PlaceholderTable,
+    *,
+    opset_version: int | None,
+    dynamic_shapes: Any,
+    input_names: list[str] | None,
+    output_names: list[str] | None,
+    kwargs: dict[str, Any] | None = None,
+) -> onnx.ModelProto:
+    """Exports with ``dynamo=False``; placeholders stand for every lowered op."""
+    opset = opset_version or 20
+    dynamic_axes = _dynamic_axes(dynamic_shapes, input_names)
+    buffer = io.BytesIO()
+    with _symbolics(table, opset), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter is deprecated, loudly
+        torch.onnx.export(
+            model,
+            args,
+            buffer,
+            kwargs=kwargs,
+            dynamo=False,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _dynamic_axes(dynamic_shapes: Any, input_names: list[str] | None) -> Any:
+    """Maps torch.export-style ``dynamic_shapes`` to the legacy ``dynamic_axes``."""
+    if dynamic_shapes is None:
+        return None
+    specs = list(dynamic_shapes.values()) if isinstance(dynamic_shapes, dict) else list(
+        dynamic_shapes)
+    axes: dict[str, Any] = {}
+    for i, spec in enumerate(specs):
+        if not spec:
+            continue
+        name = input_names[i] if input_names and i < len(input_names) else None
+        if name is None:
+            raise ExportError(
+                "dynamic_shapes with exporter='torchscript' needs input_names to name the inputs."
+            )
+        dims = spec.keys() if isinstance(spec, dict) else [j for j, d in enumerate(spec) if d]
+        axes[name] = {int(d): f"{name}_dim{int(d)}" for d in dims}
+    return axes

@@ -1,0 +1,295 @@
+"""The builder ``op`` a lowering writes ONNX nodes with.
+
+One builder serves both exporters: the exporter adapters only leave a placeholder
+node per torch op, and the expansion pass (:mod:`opbridge.lowering._expand`) calls
+the lowering with a :class:`Builder` over the finished ONNX graph, where input
+types and constant values are known.
+
+    def gelu(op, x, approximate="none"):
+        return op.domain("com.microsoft").Gelu(x)
+
+    def add(op, x, y, alpha=1.0):
+        return op.Add(x, op.Mul(y, alpha))   # a Python number becomes a constant
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from opbridge._errors import LoweringError
+
+__all__ = ["Builder", "Value"]
+
+
+@dataclasses.dataclass(eq=False)
+class Value:
+    """A value in the ONNX graph being written.
+
+    Attributes:
+        name: The ONNX value name.
+        elem_type: ONNX element type (``onnx.TensorProto.FLOAT``...), 0 when unknown.
+        shape: Dimensions (ints, or strings for symbolic dims), ``None`` when unknown.
+    """
+
+    name: str
+    elem_type: int = 0
+    shape: tuple[int | str | None, ...] | None = None
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """The numpy dtype, or ``None`` when unknown."""
+        if not self.elem_type:
+            return None
+        return helper.tensor_dtype_to_np_dtype(self.elem_type)
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    def __repr__(self) -> str:
+        dtype = self.dtype.name if self.dtype is not None else "?"
+        return f"Value({self.name!r}, {dtype}, shape={self.shape})"
+
+
+class GraphContext:
+    """What a builder writes into: new nodes plus what is known of existing values."""
+
+    def __init__(
+        self,
+        *,
+        types: dict[str, tuple[int, tuple[Any, ...] | None]],
+        constants: dict[str, np.ndarray],
+        opset_versions: dict[str, int],
+        name_prefix: str,
+        taken_names: set[str],
+    ) -> None:
+        self.types = types
+        self.constants = constants
+        self.opset_versions = opset_versions  # domain -> version in use (default domain "")
+        self.nodes: list[onnx.NodeProto] = []
+        self.used_domains: dict[str, int] = {}
+        self._prefix = name_prefix
+        self._taken = taken_names
+        self._counter = itertools.count()
+
+    def fresh(self, hint: str) -> str:
+        while True:
+            name = f"{self._prefix}/{hint}_{next(self._counter)}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def value(self, name: str) -> Value:
+        elem_type, shape = self.types.get(name, (0, None))
+        return Value(name, elem_type, shape)
+
+
+_ONNX_DTYPE_ALIASES: dict[Any, int] = {}
+
+
+def _attr_value(value: Any) -> Any:
+    """Turns dtypes into ONNX enums and numpy arrays into tensors; other values as is."""
+    try:
+        import torch
+
+        if isinstance(value, torch.dtype):
+            from opbridge._dtypes import torch_to_onnx
+
+            return torch_to_onnx(value)
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, (np.dtype, type)) and value is not bool and value not in (int, float):
+        try:
+            return helper.np_dtype_to_tensor_dtype(np.dtype(value))
+        except TypeError:
+            pass
+    if isinstance(value, np.ndarray):
+        return numpy_helper.from_array(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], bool):
+        return [int(v) for v in value]
+    return value
+
+
+class _NodeFactory:
+    def __init__(self, builder: Builder, domain: str, version: int) -> None:
+        self._builder = builder
+        self._domain = domain
+        self._version = version
+
+    def __getattr__(self, op_type: str) -> Any:
+        if op_type.startswith("_"):
+            raise AttributeError(op_type)
+
+        def make(*inputs: Any, _outputs: int = 1, **attrs: Any) -> Any:
+            return self._builder.node(
+                op_type, *inputs, domain=self._domain, version=self._version,
+                outputs=_outputs, **attrs,
+            )  # fmt: skip
+
+        make.__name__ = op_type
+        return make
+
+
+class Builder:
+    """Writes ONNX nodes for one lowering call; passed to lowerings as ``op``.
+
+    ``op.Add(a, b)`` writes a node of the default ONNX domain;
+    ``op.domain("com.microsoft", version=1).Inverse(x)`` one of another domain.
+    Keyword arguments are attributes (``to=torch.float32`` and numpy arrays are
+    converted); ``_outputs=n`` asks for ``n`` outputs and returns a tuple. Python
+    numbers and numpy arrays given as inputs become constants, typed like the
+    first tensor input whose type is known.
+    """
+
+    def __init__(self, ctx: GraphContext, *, target: str) -> None:
+        self._ctx = ctx
+        self._target = target
+
+    # -- facts ---------------------------------------------------------------------
+    @property
+    def opset_version(self) -> int:
+        """Version of the default ONNX domain in the model being written."""
+        return self._ctx.opset_versions.get("", 18)
+
+    @property
+    def target(self) -> str:
+        """The torch op being lowered, ``"ns::name.overload"``."""
+        return self._target
+
+    # -- node writing ----------------------------------------------------------------
+    def __getattr__(self, op_type: str) -> Any:
+        if op_type.startswith("_") or not op_type[:1].isupper():
+            raise AttributeError(
+                f"'op.{op_type}': ONNX op types start with an upper-case letter "
+                f"(op.Add, op.MatMul); use op.domain(...) for other domains."
+            )
+        return getattr(_NodeFactory(self, "", self.opset_version), op_type)
+
+    def domain(self, name: str, version: int = 1) -> Any:
+        """Returns a writer of nodes of domain ``name`` (at opset ``version``).
+
+        Example: ``op.domain("com.microsoft").Gelu(x)``.
+        """
+        if name in ("", "ai.onnx"):
+            return _NodeFactory(self, "", self.opset_version)
+        return _NodeFactory(self, name, version)
+
+    def node(
+        self,
+        op_type: str,
+        *inputs: Any,
+        domain: str = "",
+        version: int | None = None,
+        outputs: int = 1,
+        **attrs: Any,
+    ) -> Any:
+        """Writes one node; the general form behind ``op.Add(...)``."""
+        like = next((v for v in inputs if isinstance(v, Value) and v.elem_type), None)
+        names: list[str] = []
+        for v in inputs:
+            if v is None:
+                names.append("")
+            elif isinstance(v, Value):
+                names.append(v.name)
+            elif isinstance(v, (int, float, bool, np.ndarray, np.generic, list, tuple)):
+                names.append(self.constant(v, like=like).name)
+            else:
+                raise LoweringError(
+                    f"Lowering of {self._target}: input {v!r} of {op_type} is neither a value "
+                    f"nor a constant."
+                )
+        out_names = [self._ctx.fresh(op_type) for _ in range(outputs)]
+        node_attrs = {k: _attr_value(v) for k, v in attrs.items() if v is not None}
+        try:
+            node = helper.make_node(
+                op_type, names, out_names, name=self._ctx.fresh(op_type + "_node"),
+                domain=domain, **node_attrs,
+            )  # fmt: skip
+        except (ValueError, TypeError) as e:
+            raise LoweringError(
+                f"Lowering of {self._target}: bad attribute for {op_type}: {e}"
+            ) from e
+        self._ctx.nodes.append(node)
+        if domain:
+            self._ctx.used_domains[domain] = max(version or 1, self._ctx.used_domains.get(domain, 1))
+        results = tuple(Value(n) for n in out_names)
+        return results[0] if outputs == 1 else results
+
+    def constant(self, value: Any, dtype: Any = None, *, like: Value | None = None) -> Value:
+        """Writes a ``Constant`` node holding ``value``.
+
+        Args:
+            value: A Python number or list, or a numpy array.
+            dtype: numpy dtype of the constant; by default that of ``like`` for
+                Python numbers, else numpy's.
+            like: A value whose element type Python numbers should take.
+        """
+        if dtype is None and like is not None and like.dtype is not None and not isinstance(
+            value, np.ndarray
+        ):
+            dtype = like.dtype
+        array = np.asarray(value, dtype=dtype)
+        if array.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray):
+            array = array.astype(np.float32)  # Python floats default to float32, as in torch
+        name = self._ctx.fresh("constant")
+        node = helper.make_node(
+            "Constant", [], [name], name=name + "_node", value=numpy_helper.from_array(array)
+        )
+        self._ctx.nodes.append(node)
+        self._ctx.constants[name] = array
+        self._ctx.types[name] = (helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+        return Value(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+
+    # -- reading constants -------------------------------------------------------------
+    def value_of(self, value: Value) -> np.ndarray:
+        """Returns the numpy array of a constant input (an initializer or Constant).
+
+        Raises:
+            LoweringError: ``value`` is computed at run time.
+        """
+        if isinstance(value, (int, float, bool, np.ndarray)):
+            return np.asarray(value)
+        if not isinstance(value, Value) or value.name not in self._ctx.constants:
+            name = value.name if isinstance(value, Value) else repr(value)
+            raise LoweringError(
+                f"Lowering of {self._target} needs the value of '{name}' at export time, but "
+                f"it is computed at run time. Pass a constant (e.g. torch.tensor([...]) made "
+                f"inside forward, or a Python number) instead of a model input."
+            )
+        return self._ctx.constants[value.name]
+
+    def scalar_of(self, value: Value) -> Any:
+        """Like :meth:`value_of` for a one-element constant, as a Python number."""
+        array = self.value_of(value)
+        if array.size != 1:
+            raise LoweringError(
+                f"Lowering of {self._target}: expected a one-element constant for "
+                f"'{getattr(value, 'name', value)}', got shape {array.shape}."
+            )
+        return array.reshape(()).item()
+
+    def is_constant(self, value: Value) -> bool:
+        """Whether ``value`` is known at export time."""
+        return isinstance(value, Value) and value.name in self._ctx.constants
+
+
+def flatten_outputs(result: Any) -> Sequence[Value]:
+    """A lowering returns a value or a tuple of values; always a tuple here."""
+    if isinstance(result, Value):
+        return (result,)
+    if isinstance(result, (tuple, list)) and all(isinstance(r, Value) for r in result):
+        return tuple(result)
+    raise LoweringError(f"a lowering must return an op value or a tuple of them, got {result!r}")

@@ -1,0 +1,54 @@
+"""``opbridge.register_lowering``: how an existing torch op is written in ONNX."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from opbridge._errors import LoweringError
+from opbridge._registry import REGISTRY, Lowering, canonical_target, resolve_torch_target
+
+__all__ = ["register_lowering"]
+
+
+def register_lowering(
+    target: Any,
+    fn: Callable[..., Any] | None = None,
+    *,
+    function_domain: str | None = None,
+    contrib: bool = False,
+    _shipped: bool = False,
+) -> Any:
+    """Registers how the torch op ``target`` is written in ONNX, for both exporters.
+
+    ``fn(op, *args, **kwargs)`` receives the builder ``op`` then the op's arguments in
+    the order of its torch schema: ONNX values for tensors, Python values for the
+    others. It returns the output value (or a tuple). A lowering replaces the
+    exporter's built-in one for that op::
+
+        @opbridge.register_lowering("aten::gelu")
+        def gelu(op, x, approximate="none"):
+            return op.domain("com.microsoft").Gelu(x)
+
+    Args:
+        target: ``torch.ops.aten.add.Tensor`` (one overload), ``torch.ops.aten.add``
+            (every overload), an opbridge custom op, or a name like ``"aten::add.Tensor"``.
+        fn: The lowering; omit it to use ``register_lowering`` as a decorator.
+        function_domain: Write the lowering as an ONNX local function of this domain,
+            named after ``fn`` (e.g. ``"custom.aten"``), instead of inlining it.
+        contrib: Use it only when exporting with ``contrib_ops=True``.
+
+    Raises:
+        LoweringError: ``target`` is not a torch op, or ``fn`` is not callable.
+    """
+    name = canonical_target(target)
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(func):
+            raise LoweringError(f"the lowering for {name} must be callable, got {func!r}")
+        if REGISTRY.op(name) is None and not _shipped:
+            resolve_torch_target(name)  # fail early on a typo, naming the op
+        REGISTRY.add_lowering(Lowering(name, func, function_domain, contrib, _shipped))
+        return func
+
+    return decorate(fn) if fn is not None else decorate
