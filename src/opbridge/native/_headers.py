@@ -38,7 +38,10 @@ CACHE_DIR_ENV = "OPBRIDGE_CACHE_DIR"
 
 _NPM_PACKAGE = "com.github.asus4.onnxruntime"
 _NPM_VERSION = "0.4.9"
-_NPM_INTEGRITY = "sha512-BkzxduSZ9IkeDP6Q8lz2TFU2ie7hSSvS7ZIfzMooExoq0CNzJnuuGaUJ7IsojBgqO4ouD1jXah8OYyJbCN29Fg=="
+_NPM_INTEGRITY = (
+    "sha512-"
+    "BkzxduSZ9IkeDP6Q8lz2TFU2ie7hSSvS7ZIfzMooExoq0CNzJnuuGaUJ7IsojBgqO4ouD1jXah8OYyJbCN29Fg=="
+)
 _TAR_PREFIX = (
     "package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/"
 )
