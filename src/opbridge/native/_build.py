@@ -262,9 +262,10 @@ def _compiler_id(cxx: str) -> str:
     return _COMPILER_IDS[cache_key]
 
 
-def _hash_files(paths: Iterable[str]) -> str | None:
-    """Hashes the given files' contents in order; ``None`` if one is unreadable."""
+def _hash_files(key: str, paths: Iterable[str]) -> str | None:
+    """Hashes ``key`` and the files' contents in order; ``None`` if one is unreadable."""
     digest = hashlib.sha256()
+    _update(digest, key.encode())
     for path in paths:
         try:
             data = pathlib.Path(path).read_bytes()
@@ -286,7 +287,7 @@ def _lookup(entry: pathlib.Path, name: str, key: str) -> pathlib.Path | None:
     deps = manifest.get("deps")
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
         return None
-    full = _hash_files(deps)
+    full = _hash_files(key, deps)
     if full is None:
         return None
     path = entry / f"lib{name}-{full}.so"
@@ -423,7 +424,7 @@ def _compile(
                 verbose,
             )
             dep_list = sorted(str(pathlib.Path(d).resolve()) for d in deps)
-            full = _hash_files(dep_list)
+            full = _hash_files(key, dep_list)
             if full is None:
                 raise BuildError(f"{name}: a header changed or vanished during the build")
             final = entry / f"lib{name}-{full}.so"

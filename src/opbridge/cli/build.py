@@ -1,0 +1,70 @@
+"""``opbridge build``: compile a custom-op library from C++ sources and print its path."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds the ``build`` sub-command to the opbridge CLI.
+
+    Args:
+        subparsers: The object returned by ``ArgumentParser.add_subparsers``.
+    """
+    parser = subparsers.add_parser(
+        "build",
+        help="compile an ONNX Runtime custom-op library from C++ sources",
+        description=(
+            "Compile C++ kernels written against <opbridge/ort_kernel.h> into a shared "
+            "library that any ONNX Runtime can load with register_custom_ops_library. "
+            "Builds are cached; the library path is printed on stdout."
+        ),
+    )
+    parser.add_argument("name", help="library name (letters, digits, '_', '.', '-')")
+    parser.add_argument("sources", nargs="+", help="C++ source files")
+    parser.add_argument(
+        "-I",
+        dest="include_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="add an include directory (repeatable)",
+    )
+    parser.add_argument(
+        "--cflag",
+        dest="cflags",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra compiler flag, e.g. --cflag=-march=native (repeatable)",
+    )
+    parser.add_argument(
+        "--ldflag",
+        dest="ldflags",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra linker flag, e.g. --ldflag=-lm (repeatable)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print compiler commands and output"
+    )
+    parser.set_defaults(func=_handler)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    # Imported here so `opbridge --help` does not pay for the native package.
+    from opbridge.native import build_library
+
+    path = build_library(
+        args.name,
+        args.sources,
+        include_dirs=args.include_dirs,
+        extra_cflags=args.cflags,
+        extra_ldflags=args.ldflags,
+        verbose=args.verbose,
+    )
+    print(path)
+    return 0
