@@ -14,6 +14,7 @@ from opbridge._errors import (
 from opbridge.declaration import CustomOpDef, custom_op
 from opbridge.exporters import export
 from opbridge.lowering import Builder, Value, register_lowering
+from opbridge.runtime import Session, session_options
 
 __version__ = "0.1.0"
 
@@ -25,9 +26,11 @@ __all__ = [
     "KernelError",
     "LoweringError",
     "OpbridgeError",
+    "Session",
     "SessionError",
     "Value",
     "custom_op",
     "export",
     "register_lowering",
+    "session_options",
 ]

@@ -10,9 +10,11 @@ import inspect
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 import onnxscript.values
 import torch
 
+from opbridge.declaration._schema import fake_infer
 from opbridge.declaration._signature import Param
 from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, Pending, PlaceholderTable
 
@@ -38,6 +40,7 @@ def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
         if p.kind == "attribute":
             annotations[p.name] = _PY_TYPES[p.attr_kind]  # type: ignore[index]
     signature = inspect.Signature(parameters)
+    infer = fake_infer(layout, pending.overload)
 
     def translate(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
@@ -55,12 +58,44 @@ def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
                 attrs[p.name] = _attr(p, value)
         while inputs and inputs[-1] is None:
             inputs.pop()
-        return emit(*inputs, **attrs)
+        result = emit(*inputs, **attrs)
+        _type_outputs(pending, infer, inputs, attrs, result)
+        return result
 
     translate.__name__ = pending.key
     translate.__signature__ = signature  # type: ignore[attr-defined]
     translate.__annotations__ = annotations
     return translate
+
+
+def _type_outputs(pending: Pending, infer: Any, inputs: list[Any], attrs: dict[str, Any],
+                  result: Any) -> None:
+    """Gives the placeholder's outputs the types torch's fake implementation computes.
+
+    The exporter does not type outputs of custom-domain nodes; shape inference and
+    ONNX Runtime need them.
+    """
+    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+    if all(getattr(o, "dtype", None) is not None for o in outputs):
+        return
+    described = []
+    for v in inputs:
+        if v is None or getattr(v, "dtype", None) is None:
+            described.append(None)
+            continue
+        shape = None
+        if v.shape is not None and all(isinstance(d, int) for d in v.shape):
+            shape = tuple(int(d) for d in v.shape)
+        described.append((int(v.dtype), shape))
+    try:
+        types = infer(described, {k: v for k, v in attrs.items()})
+    except Exception:  # unknown stays unknown; the expansion pass infers again
+        return
+    for out, (elem_type, shape) in zip(outputs, types, strict=False):
+        if getattr(out, "dtype", None) is None:
+            out.dtype = ir.DataType(elem_type)
+        if shape is not None and out.shape is None:
+            out.shape = ir.Shape(shape)
 
 
 def _attr(p: Param, value: Any) -> Any:

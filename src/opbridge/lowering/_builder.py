@@ -91,9 +91,6 @@ class GraphContext:
         return Value(name, elem_type, shape)
 
 
-_ONNX_DTYPE_ALIASES: dict[Any, int] = {}
-
-
 def _attr_value(value: Any) -> Any:
     """Turns dtypes into ONNX enums and numpy arrays into tensors; other values as is."""
     try:
@@ -227,6 +224,26 @@ class Builder:
             self._ctx.used_domains[domain] = max(version or 1, self._ctx.used_domains.get(domain, 1))
         results = tuple(Value(n) for n in out_names)
         return results[0] if outputs == 1 else results
+
+    def call(self, target: Any, *args: Any, **kwargs: Any) -> Any:
+        """Writes another op as it would be exported: its lowering, or its single node.
+
+        ``target`` is an opbridge custom op (written as its ``domain::op_type`` node
+        unless it has a lowering) or any torch op with a registered lowering::
+
+            op.call(testgroupnorm, X, num_groups, scale, bias, epsilon=1e-5)
+        """
+        from opbridge._registry import REGISTRY, canonical_target
+
+        name = canonical_target(target)
+        overload = name if "." in name else f"{name}.default"
+        lowering = REGISTRY.resolve(overload, contrib_ops=True)
+        if lowering is None:
+            raise LoweringError(
+                f"Lowering of {self._target}: op.call({name}) has no lowering; declare it with "
+                f"opbridge.custom_op or register one with opbridge.register_lowering."
+            )
+        return lowering.fn(self, *args, **kwargs)
 
     def constant(self, value: Any, dtype: Any = None, *, like: Value | None = None) -> Value:
         """Writes a ``Constant`` node holding ``value``.

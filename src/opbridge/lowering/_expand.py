@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from opbridge._errors import ExportError, LoweringError
 from opbridge._registry import Lowering, Registry
-from opbridge.declaration._schema import make_schema, register_schema
+from opbridge.declaration._schema import fake_infer, make_schema, register_schema
 from opbridge.declaration._signature import OpLayout, layout_of
 from opbridge.lowering._builder import Builder, GraphContext, Value, flatten_outputs
 
@@ -68,8 +68,9 @@ class PlaceholderTable:
     def register_schemas(self) -> None:
         """Makes onnxscript accept the placeholders (the dynamo exporter needs it)."""
         for p in self.entries.values():
+            # The inference function keeps outputs typed through onnxscript's optimizer.
             register_schema(make_schema(p.layout, domain=PLACEHOLDER_DOMAIN, op_type=p.key,
-                                        version=1))
+                                        version=1, infer=fake_infer(p.layout, p.overload)))
 
 
 def _attr_to_python(param: Any, proto: onnx.AttributeProto) -> Any:
@@ -231,6 +232,7 @@ def expand(
     model.graph.ClearField("node")
     model.graph.node.extend(new_nodes)
     model.functions.extend(functions.values())
+    _prune(model.graph)
     _set_opsets(model, used_domains, custom_opsets or {})
     try:
         model = onnx.shape_inference.infer_shapes(model)
@@ -279,6 +281,30 @@ def _as_function(pending: Pending, node: onnx.NodeProto, values: list[Value | No
     if fn.overload:
         call.overload = fn.overload
     return call
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drops constants only placeholders used (e.g. an ``eps`` now an attribute)."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        for n in graph.node:  # values read inside subgraphs
+            for a in n.attribute:
+                for g in [a.g, *a.graphs]:
+                    used |= {i for sub in g.node for i in sub.input}
+        dead = [n for n in graph.node
+                if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                and not any(o in used for o in n.output)]
+        for n in dead:
+            graph.node.remove(n)
+        if not dead:
+            break
+    unused = [i for i in graph.initializer if i.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+    produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
+    kept = [v for v in graph.value_info if v.name in produced]
+    graph.ClearField("value_info")
+    graph.value_info.extend(kept)
 
 
 def _set_opsets(model: onnx.ModelProto, used: dict[str, int], requested: Mapping[str, int]) -> None:

@@ -1,0 +1,266 @@
+"""``opbridge.Session``: run an exported model in ONNX Runtime with its kernels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import helper
+
+from opbridge._errors import KernelError, SessionError
+from opbridge.runtime import _plan
+from opbridge.runtime._plan import KernelPlan, KernelSource, plan_kernels
+
+__all__ = ["Session", "kernel_provider", "session_options"]
+
+ModelLike = onnx.ModelProto | bytes | str | os.PathLike[str]
+
+
+def kernel_provider() -> Any:
+    """The module that runs Python kernels: the kernel host, else the fallback.
+
+    Raises:
+        SessionError: Neither the kernel host nor onnxruntime-extensions is usable.
+    """
+    from opbridge.runtime import _ortx
+
+    try:
+        from opbridge.runtime import _host
+    except ImportError as e:  # the host module itself is missing: a broken install
+        reason: str | None = str(e)
+    else:
+        if _host.available():
+            return _host
+        reason = _host.unavailable_reason()
+    if _ortx.available():
+        return _ortx
+    raise SessionError(
+        "No runtime for Python kernels: opbridge's kernel host is not built "
+        f"({reason}); reinstall opbridge with a C++ compiler "
+        "(g++) and npm available, or pip install onnxruntime-extensions for the slow fallback."
+    )
+
+
+def _load(model: ModelLike) -> tuple[onnx.ModelProto, bytes]:
+    if isinstance(model, onnx.ModelProto):
+        return model, model.SerializeToString()
+    if isinstance(model, (bytes, bytearray)):
+        data = bytes(model)
+        return onnx.load_from_string(data), data
+    path = Path(os.fspath(model))
+    if not path.is_file():
+        raise SessionError(f"model file '{path}' does not exist")
+    proto = onnx.load(str(path))
+    return proto, proto.SerializeToString()
+
+
+def _configure(options: ort.SessionOptions, plan: KernelPlan) -> str | None:
+    """Registers the plan's kernels with ``options``; returns the Python route's name."""
+    if plan.missing:
+        raise SessionError(_plan.missing_kernel_message(plan))
+    # Custom domains may be stamped with any version (custom_opsets={"com.microsoft": 5}).
+    options.add_session_config_entry("session.allow_released_opsets_only", "0")
+    route = None
+    if plan.specs:
+        provider = kernel_provider()
+        if provider.__name__.endswith("_ortx"):
+            provider.install(plan.specs, io_types=plan.io_types)
+        else:
+            provider.install(plan.specs)
+        options.register_custom_ops_library(provider.library_path())
+        route = provider.name
+    for library in plan.libraries:
+        options.register_custom_ops_library(str(library))
+    return route
+
+
+def session_options(
+    model: ModelLike | None = None,
+    *,
+    libraries: Sequence[str | os.PathLike[str]] = (),
+    options: ort.SessionOptions | None = None,
+) -> ort.SessionOptions:
+    """``onnxruntime.SessionOptions`` with every kernel a model needs registered.
+
+    For users who create ``onnxruntime.InferenceSession`` themselves::
+
+        sess = onnxruntime.InferenceSession("model.onnx", opbridge.session_options("model.onnx"))
+
+    Args:
+        model: The model whose custom nodes need kernels; ``None`` registers every
+            op declared in this process.
+        libraries: Extra C++ custom-op libraries to load.
+        options: Options to add to; new ones by default.
+
+    Raises:
+        SessionError: A custom node has no kernel; the message names it.
+    """
+    proto = _load(model)[0] if model is not None else None
+    options = options or ort.SessionOptions()
+    _configure(options, plan_kernels(proto, libraries=[Path(p) for p in libraries]))
+    return options
+
+
+class Session:
+    """An ONNX Runtime session that loads the kernels of a model's custom ops.
+
+    Call it with the model's inputs, positionally or by name: torch tensors give
+    torch tensors back, numpy arrays give numpy arrays; one output is returned bare,
+    several as a tuple.
+
+    Args:
+        model: ``onnx.ModelProto``, serialized bytes, or a path.
+        providers: ONNX Runtime execution providers; CPU by default.
+        libraries: Extra C++ custom-op libraries to load.
+        options: Session options to start from.
+
+    Raises:
+        SessionError: The model cannot be loaded, or a custom node has no kernel.
+    """
+
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        providers: Sequence[str] | None = None,
+        libraries: Sequence[str | os.PathLike[str]] = (),
+        options: ort.SessionOptions | None = None,
+    ) -> None:
+        proto, data = _load(model)
+        self._plan = plan_kernels(proto, libraries=[Path(p) for p in libraries])
+        self._options = options or ort.SessionOptions()
+        self._route = _configure(self._options, self._plan)
+        try:
+            self._session = ort.InferenceSession(
+                data, sess_options=self._options, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as e:
+            raise SessionError(f"ONNX Runtime could not load the model: {e}") from e
+        self._inputs = self._session.get_inputs()
+        self._outputs = self._session.get_outputs()
+        self._input_types = {
+            i.name: (i.type.tensor_type.elem_type, i.type.tensor_type.shape)
+            for i in proto.graph.input
+        }
+
+    # -- facts ---------------------------------------------------------------------
+    @property
+    def options(self) -> ort.SessionOptions:
+        """The ``SessionOptions`` this session was made with."""
+        return self._options
+
+    @property
+    def inner(self) -> ort.InferenceSession:
+        """The underlying ``onnxruntime.InferenceSession``."""
+        return self._session
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self._inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self._outputs]
+
+    @property
+    def kernel_sources(self) -> dict[str, KernelSource]:
+        """Where each custom node's kernel comes from, by ``"domain::op_type"``."""
+        return dict(self._plan.sources)
+
+    @property
+    def python_kernel_route(self) -> str | None:
+        """The runtime of Python kernels (the kernel host or the fallback), if any."""
+        return self._route
+
+    def __repr__(self) -> str:
+        kernels = ", ".join(
+            f"{k}: {s.provider}" + (f" ({s.detail})" if s.provider == "python" else "")
+            for k, s in self._plan.sources.items()
+        )
+        route = f", python kernels via {self._route}" if self._route else ""
+        return (
+            f"Session(inputs={self.input_names}, outputs={self.output_names}, "
+            f"custom kernels=[{kernels}]{route})"
+        )
+
+    # -- running -------------------------------------------------------------------
+    def _feeds(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        names = self.input_names
+        if len(args) > len(names):
+            raise SessionError(
+                f"the model takes {len(names)} inputs {names}, got {len(args)} positional ones"
+            )
+        given = dict(zip(names, args, strict=False))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise SessionError(f"the model has no input '{k}'; its inputs are {names}")
+            if k in given:
+                raise SessionError(f"input '{k}' given twice")
+            given[k] = v
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise SessionError(f"missing model inputs {missing}; the model takes {names}")
+        as_torch = any(isinstance(v, torch.Tensor) for v in given.values())
+        feeds = {n: self._check(n, given[n]) for n in names}
+        return feeds, as_torch
+
+    def _check(self, name: str, value: Any) -> np.ndarray:
+        if isinstance(value, torch.Tensor):
+            from opbridge.declaration._custom_op import _to_numpy
+
+            array = _to_numpy(value.detach().cpu().contiguous())
+        elif isinstance(value, np.ndarray):
+            array = value
+        elif isinstance(value, (int, float, bool, list)):
+            array = np.asarray(value)
+        else:
+            raise SessionError(f"input '{name}' must be a torch tensor or numpy array, got "
+                               f"{type(value).__name__}")
+        elem_type, shape = self._input_types.get(name, (0, None))
+        if elem_type:
+            expected = helper.tensor_dtype_to_np_dtype(elem_type)
+            if array.dtype != expected:
+                raise SessionError(
+                    f"input '{name}' must be {expected.name}, got {array.dtype.name}; convert it "
+                    f"first (x.to(torch.{expected.name}) or x.astype(np.{expected.name}))"
+                )
+        if shape is not None and len(shape.dim) != array.ndim:
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in shape.dim]
+            raise SessionError(
+                f"input '{name}' must have rank {len(shape.dim)} (shape {dims}), got "
+                f"shape {list(array.shape)}"
+            )
+        if shape is not None:
+            for axis, (d, n) in enumerate(zip(shape.dim, array.shape, strict=True)):
+                if d.HasField("dim_value") and d.dim_value != n:
+                    raise SessionError(
+                        f"input '{name}' must have size {d.dim_value} on axis {axis}, got shape "
+                        f"{list(array.shape)}; export with dynamic_shapes to accept other sizes"
+                    )
+        return array
+
+    def run(self, feeds: dict[str, Any]) -> list[np.ndarray]:
+        """Runs with named inputs (numpy arrays); returns every output as numpy."""
+        checked, _ = self._feeds((), feeds)
+        return self._run(checked)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self._session.run(None, feeds)
+        except Exception as e:
+            raise KernelError(f"ONNX Runtime failed: {e}") from e
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        feeds, as_torch = self._feeds(args, kwargs)
+        outputs = self._run(feeds)
+        if as_torch:
+            from opbridge.declaration._custom_op import _to_torch
+
+            outputs = [_to_torch(np.ascontiguousarray(o)) for o in outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
