@@ -135,7 +135,7 @@ def build_library(
     user_dirs = [pathlib.Path(d).expanduser().resolve() for d in include_dirs]
     includes = [_INCLUDE_DIR, ort_dir, *user_dirs]
     cflags = [*_BASE_FLAGS, *(f"-I{d}" for d in includes), *extra_cflags]
-    ldflags = ["-Wl,-z,defs", "-Wl,--undefined=RegisterCustomOps", *extra_ldflags]
+    ldflags = ["-Wl,-z,defs", "-Wl,--require-defined=RegisterCustomOps", *extra_ldflags]
 
     key_hash = hashlib.sha256()
     for part in (
