@@ -15,8 +15,24 @@ from opbridge.declaration import CustomOpDef, custom_op
 from opbridge.exporters import export
 from opbridge.lowering import Builder, Value, register_lowering
 from opbridge.runtime import Session, session_options
+from opbridge.verification import VerificationReport, verify
 
 __version__ = "0.1.0"
+
+
+def registry_scope():  # type: ignore[no-untyped-def]
+    """Context manager undoing every lowering registered inside it (for tests and demos).
+
+    Example::
+
+        with opbridge.registry_scope():
+            opbridge.register_lowering("aten::add.Tensor", my_add)
+            opbridge.export(model, args)
+        # aten::add.Tensor is exported as before here
+    """
+    from opbridge._registry import REGISTRY
+
+    return REGISTRY.scope()
 
 __all__ = [
     "Builder",
@@ -29,8 +45,11 @@ __all__ = [
     "Session",
     "SessionError",
     "Value",
+    "VerificationReport",
     "custom_op",
     "export",
     "register_lowering",
+    "registry_scope",
     "session_options",
+    "verify",
 ]

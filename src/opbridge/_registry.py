@@ -7,6 +7,7 @@ its own table of ops. Lowerings are keyed by a canonical torch op name:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import threading
@@ -164,6 +165,17 @@ class Registry:
                     return shipped
             declared = self._ops.get(packet)
             return declared.default_lowering() if declared is not None else None
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[Registry]:
+        """Restores the registry's lowerings on exit (declared torch ops stay declared)."""
+        with self._lock:
+            saved = (dict(self._user), dict(self._shipped))
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._user, self._shipped = saved
 
     def targets(self, *, contrib_ops: bool) -> list[str]:
         """Every target name that has a lowering or a declared op, for the exporters."""

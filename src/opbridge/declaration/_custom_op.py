@@ -279,6 +279,27 @@ def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
     return compute
 
 
+def _implementation_as_fake(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """The default fake (meta) implementation: the implementation itself.
+
+    It works for implementations written with torch ops; one that reads values
+    (``.item()``, numpy) gets an error naming ``register_fake`` as the fix.
+    """
+
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as e:
+            raise DeclarationError(
+                f"Custom op {name} has no fake implementation, and its implementation cannot "
+                f"run on fake tensors during torch.export ({type(e).__name__}: {e}). Give it "
+                f"one: @{func.__name__}.register_fake, returning empty tensors of the output "
+                f"shapes and dtypes."
+            ) from e
+
+    return fake
+
+
 @typing.overload
 def custom_op(
     name: str,
@@ -363,6 +384,7 @@ def custom_op(
                 f"int, float, bool, str, or list of int/float/bool/str; and the return type "
                 f"with Tensor or tuple[Tensor, ...]."
             ) from e
+        torch_def.register_fake(_implementation_as_fake(name, func))
         op = CustomOpDef(
             torch_def,
             namespace=namespace,

@@ -27,6 +27,7 @@ _ATTR_KINDS: dict[str, str] = {
     "bool": "int",
     "float": "float",
     "Scalar": "float",
+    "number": "float",  # how torch prints Scalar
     "str": "str",
     "ScalarType": "int",
     "List[int]": "ints",

@@ -28,15 +28,47 @@ _CONST_DESC = {"int": "i", "float": "f", "str": "s", "ints": "is", "floats": "fs
 _SCHEMA_NAME = re.compile(r"^([\w:]+)(?:\.(\w+))?\(")
 
 
-def _overload_of(node: Any) -> str:
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, torch._C.Value) and isinstance(value.type(), torch._C.TensorType)
+
+
+def _is_constant(value: Any) -> bool:
+    return isinstance(value, torch._C.Value) and value.node().kind() in (
+        "onnx::Constant", "prim::Constant", "prim::ListConstruct")
+
+
+def _fits(param: Any, arg: Any) -> bool:
+    # The ONNX pass turns scalar constants into tensor constants, so an attribute
+    # matches any constant and an input any tensor.
+    if symbolic_helper._is_none(arg):
+        return param.optional
+    if param.kind == "input":
+        return _is_tensor(arg) or param.variadic
+    return _is_constant(arg) or not isinstance(arg, torch._C.Value)
+
+
+def _overload_of(node: Any, args: tuple[Any, ...], table: PlaceholderTable) -> str:
+    """The overload a traced node calls.
+
+    Traced nodes usually carry their schema; when they do not, the overload of
+    ``table`` whose inputs and attributes line up with ``args`` is taken.
+    """
     try:
-        schema = node.schema()
+        match = _SCHEMA_NAME.match(node.schema())
     except RuntimeError:
-        schema = "(no schema)"
-    match = _SCHEMA_NAME.match(schema)
-    if match is None:
-        return f"{node.kind()}.default"
-    return f"{match.group(1)}.{match.group(2) or 'default'}"
+        match = None
+    if match is not None:
+        return f"{match.group(1)}.{match.group(2) or 'default'}"
+    packet = node.kind()
+    for name, pending in table.by_overload.items():
+        if not name.startswith(packet + "."):
+            continue
+        params = pending.layout.params
+        if len(params) != len(args):
+            continue
+        if all(_fits(p, a) for p, a in zip(params, args, strict=True)):
+            return name
+    return f"{packet}.default"
 
 
 def _constant(value: Any, param: Any, op_name: str) -> Any:
@@ -61,7 +93,7 @@ def _constant(value: Any, param: Any, op_name: str) -> Any:
 
 def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> Any:
     def symbolic(g: Any, *args: Any) -> Any:
-        overload = _overload_of(g.original_node)
+        overload = _overload_of(g.original_node, args, table)
         pending = table.by_overload.get(overload)
         if pending is None:
             fallback = builtin.get(packet)

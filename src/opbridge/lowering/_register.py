@@ -7,6 +7,7 @@ from typing import Any
 
 from opbridge._errors import LoweringError
 from opbridge._registry import REGISTRY, Lowering, canonical_target, resolve_torch_target
+from opbridge.declaration._signature import SUPPORTED_TYPES, layout_of
 
 __all__ = ["register_lowering"]
 
@@ -47,7 +48,13 @@ def register_lowering(
         if not callable(func):
             raise LoweringError(f"the lowering for {name} must be callable, got {func!r}")
         if REGISTRY.op(name) is None and not _shipped:
-            resolve_torch_target(name)  # fail early on a typo, naming the op
+            overloads = resolve_torch_target(name)  # fails early on a typo, naming the op
+            layouts = [layout_of(o) for o in overloads]
+            if not any(not lay.unsupported for lay in layouts):
+                raise LoweringError(
+                    f"Cannot lower {name}: its arguments {', '.join(layouts[0].unsupported)} have "
+                    f"no ONNX form (supported: {SUPPORTED_TYPES})."
+                )
         REGISTRY.add_lowering(Lowering(name, func, function_domain, contrib, _shipped))
         return func
 

@@ -60,6 +60,36 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, bytes]:
     return proto, proto.SerializeToString()
 
 
+# ONNX Runtime implements each of its own contrib domains at this version only.
+_ORT_CONTRIB_VERSIONS = {"com.microsoft": 1}
+
+
+def _runnable(proto: onnx.ModelProto, data: bytes) -> tuple[bytes, list[str]]:
+    """Restamps ONNX Runtime's contrib domains at the version ORT implements.
+
+    ``custom_opsets={"com.microsoft": 5}`` is legal ONNX, but ONNX Runtime resolves
+    ``com.microsoft`` ops only at version 1 and rejects the node otherwise. All its
+    contrib ops are defined since version 1, so running at 1 is the same model.
+    """
+    notes = []
+    for opset in proto.opset_import:
+        supported = _ORT_CONTRIB_VERSIONS.get(opset.domain)
+        if supported is not None and opset.version > supported:
+            notes.append(f"{opset.domain} opset {opset.version} run as {supported}")
+    if not notes:
+        return data, notes
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for opset in copy.opset_import:
+        if opset.domain in _ORT_CONTRIB_VERSIONS:
+            opset.version = min(opset.version, _ORT_CONTRIB_VERSIONS[opset.domain])
+    for fn in copy.functions:
+        for opset in fn.opset_import:
+            if opset.domain in _ORT_CONTRIB_VERSIONS:
+                opset.version = min(opset.version, _ORT_CONTRIB_VERSIONS[opset.domain])
+    return copy.SerializeToString(), notes
+
+
 def _configure(options: ort.SessionOptions, plan: KernelPlan) -> str | None:
     """Registers the plan's kernels with ``options``; returns the Python route's name."""
     if plan.missing:
@@ -133,6 +163,7 @@ class Session:
         options: ort.SessionOptions | None = None,
     ) -> None:
         proto, data = _load(model)
+        data, self._notes = _runnable(proto, data)
         self._plan = plan_kernels(proto, libraries=[Path(p) for p in libraries])
         self._options = options or ort.SessionOptions()
         self._route = _configure(self._options, self._plan)
@@ -184,9 +215,10 @@ class Session:
             for k, s in self._plan.sources.items()
         )
         route = f", python kernels via {self._route}" if self._route else ""
+        notes = f", notes={self._notes}" if self._notes else ""
         return (
             f"Session(inputs={self.input_names}, outputs={self.output_names}, "
-            f"custom kernels=[{kernels}]{route})"
+            f"custom kernels=[{kernels}]{route}{notes})"
         )
 
     # -- running -------------------------------------------------------------------
