@@ -203,7 +203,7 @@ class CustomOpDef:
         )
         if self._numpy_kernel is not None:
             compute = _numpy_compute(layout, self._numpy_kernel)
-            origin = "python"
+            origin = "numpy"
         else:
             compute = _torch_compute(layout, self.overload)
             origin = "torch"

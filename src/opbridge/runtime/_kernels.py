@@ -74,7 +74,7 @@ class KernelSpec:
     outputs: tuple[IOSpec, ...]
     attributes: tuple[AttrSpec, ...]
     compute: Callable[..., np.ndarray | Sequence[np.ndarray]]
-    origin: str = "python"  # "python" (numpy kernel) or "torch" (the op's torch impl)
+    origin: str = "numpy"  # "numpy" (a registered numpy kernel) or "torch" (the op's torch impl)
 
     @property
     def qualified_name(self) -> str:

@@ -165,7 +165,10 @@ class Session:
         proto, data = _load(model)
         data, self._notes = _runnable(proto, data)
         self._plan = plan_kernels(proto, libraries=[Path(p) for p in libraries])
-        self._options = options or ort.SessionOptions()
+        if options is None:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # errors only; ORT's warnings are not the user's
+        self._options = options
         self._route = _configure(self._options, self._plan)
         try:
             self._session = ort.InferenceSession(
