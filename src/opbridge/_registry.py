@@ -164,7 +164,7 @@ class Registry:
                 if shipped is not None and (contrib_ops or not shipped.contrib):
                     return shipped
             declared = self._ops.get(packet)
-            return declared.default_lowering() if declared is not None else None
+            return declared.lowering() if declared is not None else None
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[Registry]:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx.defs
 import torch
 
-from opbridge._errors import DeclarationError
+from opbridge._errors import DeclarationError, LoweringError
 from opbridge._registry import REGISTRY, Lowering
 from opbridge.declaration._schema import fake_infer, make_schema, register_schema
 from opbridge.declaration._signature import OpLayout, layout_of
@@ -136,11 +136,13 @@ class CustomOpDef:
         ``fn(op, *args, **kwargs)`` receives the builder ``op`` and the op's arguments
         (ONNX values for tensors, Python values for attributes).
         """
-        from opbridge.lowering import register_lowering
-
         if fn is None:
             return lambda f: self.register_lowering(f, function_domain=function_domain)
-        register_lowering(self.qualified_name, fn, function_domain=function_domain)
+        if not callable(fn):
+            raise LoweringError(f"the lowering for {self.qualified_name} must be callable")
+        # Kept on the op, not in the registry's table of user lowerings: it is part
+        # of the declaration and outlives opbridge.registry_scope().
+        self._lowering = Lowering(self.qualified_name, fn, function_domain)
         return fn
 
     def register_native_kernel(self, library: str | Path) -> None:
@@ -169,8 +171,10 @@ class CustomOpDef:
         return "numpy" if self._numpy_kernel is not None else "torch"
 
     # -- views used by the exporters and the runtime ------------------------------
-    def default_lowering(self) -> Lowering:
-        """The lowering writing one ``domain::op_type`` node (no user lowering)."""
+    def lowering(self) -> Lowering:
+        """How this op is exported: its registered lowering, else one ``domain::op_type`` node."""
+        if self._lowering is not None:
+            return self._lowering
         return Lowering(target=self.qualified_name, fn=self._single_node)
 
     def _single_node(self, op: Any, *args: Any, **kwargs: Any) -> Any:

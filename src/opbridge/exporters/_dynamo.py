@@ -33,9 +33,7 @@ def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
     for p in layout.params:
         kind = inspect.Parameter.KEYWORD_ONLY if p.kwarg_only else (
             inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        default = None if p.optional else inspect.Parameter.empty
-        if p.has_default and p.kind == "attribute":
-            default = p.default
+        default = p.default if p.has_default else inspect.Parameter.empty
         parameters.append(inspect.Parameter(p.name, kind, default=default))
         if p.kind == "attribute":
             annotations[p.name] = _PY_TYPES[p.attr_kind]  # type: ignore[index]

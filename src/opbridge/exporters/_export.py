@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Literal
 
@@ -141,15 +142,14 @@ def export(
 
 
 def _describe_failure(error: Exception, exporter: str) -> str:
+    """Turns torch's export failure into one message naming the op and the fix."""
     text = str(error)
-    import re
-
-    match = re.search(r"operator '([\w:.]+)'", text) or re.search(
-        r"(?:for|of|target) '?([A-Za-z_]\w*::\w+(?:\.\w+)?)'?", text)
-    if match:
-        name = match.group(1)
-        if "." not in name:
-            name += ".default"
-        return _how_to_fix(name) + f" (exporter={exporter!r} said: {text.splitlines()[0]})"
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    names = [
+        m for m in re.findall(r"\b([A-Za-z_]\w*::[A-Za-z_]\w*(?:\.\w+)?)", text)
+        if not m.startswith(("onnx::", "prim::", "torch::", "c10::", "std::"))
+    ]
+    if names:
+        name = names[0] if "." in names[0] else names[0] + ".default"
+        return _how_to_fix(name) + f" (exporter={exporter!r} said: {first})"
     return f"torch.onnx.export (exporter={exporter!r}) failed: {type(error).__name__}: {first}"

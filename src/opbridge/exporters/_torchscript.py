@@ -173,7 +173,9 @@ def export_torchscript(
     opset = opset_version or 20
     dynamic_axes = _dynamic_axes(dynamic_shapes, input_names)
     buffer = io.BytesIO()
-    with _symbolics(table, opset), warnings.catch_warnings():
+    # The legacy exporter prints its whole graph on failure; the error says enough.
+    with _symbolics(table, opset), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the legacy exporter is deprecated, loudly
         torch.onnx.export(
             model,
