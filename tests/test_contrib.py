@@ -60,16 +60,16 @@ class Triangles(torch.nn.Module):
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_triu_tril_trilu(exporter: str) -> None:
-    report = opbridge.verify(Triangles(), (torch.randn(4, 4),), exporter=exporter,
-                             contrib_ops=True)
+    report = opbridge.verify(Triangles(), (torch.randn(4, 4),), exporter=exporter, contrib_ops=True)
     assert report.passed, str(report)
     assert _domains(report.model).count(("com.microsoft", "Trilu")) == 2
 
 
 class GridSample(torch.nn.Module):
     def forward(self, x: Tensor, grid: Tensor) -> Tensor:
-        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
-                                               align_corners=False)
+        return torch.nn.functional.grid_sample(
+            x, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -31,8 +31,14 @@ def test_custom_op_registers_torch_op_and_schema(ns: str) -> None:
 def test_layout_splits_inputs_and_attributes(ns: str) -> None:
     @opbridge.custom_op(f"{ns}::many", domain="d", op_type="Many", version=3)
     def many(
-        x: Tensor, maybe: Tensor | None, n: int, f: float, b: bool, s: str,
-        ints: list[int], floats: list[float],
+        x: Tensor,
+        maybe: Tensor | None,
+        n: int,
+        f: float,
+        b: bool,
+        s: str,
+        ints: list[int],
+        floats: list[float],
     ) -> tuple[Tensor, Tensor]:
         return x.clone(), x.clone()
 
@@ -40,7 +46,12 @@ def test_layout_splits_inputs_and_attributes(ns: str) -> None:
     assert [p.name for p in layout.inputs] == ["x", "maybe"]
     assert layout.inputs[1].optional
     assert {p.name: p.attr_kind for p in layout.attributes} == {
-        "n": "int", "f": "float", "b": "int", "s": "str", "ints": "ints", "floats": "floats",
+        "n": "int",
+        "f": "float",
+        "b": "int",
+        "s": "str",
+        "ints": "ints",
+        "floats": "floats",
     }
     assert layout.num_outputs == 2
     assert many.version == 3

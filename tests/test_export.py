@@ -24,7 +24,13 @@ def _custom(model: onnx.ModelProto, domain: str) -> list[onnx.NodeProto]:
 def test_declared_op_becomes_one_node_with_attributes(ns: str, exporter: str) -> None:
     @opbridge.custom_op(f"{ns}::mix", domain="test.mix", version=2)
     def mix(
-        x: Tensor, y: Tensor, n: int, f: float, flag: bool, mode: str, dims: list[int],
+        x: Tensor,
+        y: Tensor,
+        n: int,
+        f: float,
+        flag: bool,
+        mode: str,
+        dims: list[int],
         weights: list[float],
     ) -> Tensor:
         return x * f + y * n + (1.0 if flag else 0.0)
@@ -157,8 +163,9 @@ def test_dynamic_shapes(ns: str, exporter: str) -> None:
 
     batch = torch.export.Dim("batch")
     dyn = {"x": {0: batch}} if exporter == "dynamo" else [{0: "batch"}]
-    model = opbridge.export(M(), (torch.randn(3, 2),), exporter=exporter, dynamic_shapes=dyn,
-                            input_names=["x"])
+    model = opbridge.export(
+        M(), (torch.randn(3, 2),), exporter=exporter, dynamic_shapes=dyn, input_names=["x"]
+    )
     session = opbridge.Session(model)
     out = session(np.ones((5, 2), np.float32))
     np.testing.assert_array_equal(out, np.full((5, 2), 2, np.float32))

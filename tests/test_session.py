@@ -14,8 +14,14 @@ import opbridge
 from opbridge import KernelError, SessionError
 
 
-def _model(domain: str, op_type: str, in_types=(TensorProto.FLOAT,), out_type=TensorProto.FLOAT,
-           shape=(2, 3), **attrs) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
+def _model(
+    domain: str,
+    op_type: str,
+    in_types=(TensorProto.FLOAT,),
+    out_type=TensorProto.FLOAT,
+    shape=(2, 3),
+    **attrs,
+) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
     names = [f"x{i}" for i in range(len(in_types))]
     node = helper.make_node(op_type, names, ["y"], domain=domain, **attrs)
     graph = helper.make_graph(
@@ -24,7 +30,8 @@ def _model(domain: str, op_type: str, in_types=(TensorProto.FLOAT,), out_type=Te
         [helper.make_tensor_value_info("y", out_type, shape)],
     )  # fmt: skip
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(domain, 1)])
+        graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(domain, 1)]
+    )
     model.ir_version = 10  # onnx 1.23 writes IR 14, which ONNX Runtime refuses
     return model
 

@@ -34,6 +34,7 @@ def registry_scope():  # type: ignore[no-untyped-def]
 
     return REGISTRY.scope()
 
+
 __all__ = [
     "Builder",
     "CustomOpDef",

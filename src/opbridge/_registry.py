@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 __all__ = ["REGISTRY", "Lowering", "Registry", "canonical_target", "resolve_torch_target"]
 
-_TARGET_RE = re.compile(r"^(?P<ns>[A-Za-z_][A-Za-z0-9_]*)::(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-                        r"(?:\.(?P<overload>[A-Za-z0-9_]+))?$")
+_TARGET_RE = re.compile(
+    r"^(?P<ns>[A-Za-z_][A-Za-z0-9_]*)::(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"(?:\.(?P<overload>[A-Za-z0-9_]+))?$"
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,9 @@ def import_target(spec: str) -> Any:
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as e:
-        raise CliError(f"cannot import '{spec}': {e}; give a module on sys.path or a .py file") from e
+        raise CliError(
+            f"cannot import '{spec}': {e}; give a module on sys.path or a .py file"
+        ) from e
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -70,8 +72,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     parser.add_argument("--opset", type=int, default=None, help="default-domain opset version")
-    parser.add_argument("--contrib-ops", action="store_true",
-                        help="use com.microsoft contrib ops where they replace standard ONNX")
+    parser.add_argument(
+        "--contrib-ops",
+        action="store_true",
+        help="use com.microsoft contrib ops where they replace standard ONNX",
+    )
 
 
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[Any, ...]]:

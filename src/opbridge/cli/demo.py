@@ -16,16 +16,18 @@ def _run(args: argparse.Namespace) -> int:
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
     if not chosen:
         names = ", ".join(s.name for s in SCENARIOS)
-        print(f"opbridge demo: no scenario named {args.only}; choose from {names}",
-              file=sys.stderr)
+        print(f"opbridge demo: no scenario named {args.only}; choose from {names}", file=sys.stderr)
         return 2
     passed = failed = 0
     total = len(chosen) * len(exporters)
     for i, scenario in enumerate(chosen):
         for j, exporter in enumerate(exporters):
             step = i * len(exporters) + j + 1
-            print(f"[{step}/{total}] seed {scenario.seed} {scenario.name} "
-                  f"({scenario.description}), {exporter} exporter ...", flush=True)
+            print(
+                f"[{step}/{total}] seed {scenario.seed} {scenario.name} "
+                f"({scenario.description}), {exporter} exporter ...",
+                flush=True,
+            )
             start = time.perf_counter()
             result = run_scenario(scenario, exporter)
             took = time.perf_counter() - start
@@ -45,6 +47,11 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the seed tutorials' scenarios end to end")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript", "both"), default="both")
-    parser.add_argument("--only", action="append", default=[], metavar="NAME",
-                        help="run only this scenario (repeatable)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this scenario (repeatable)",
+    )
     parser.set_defaults(func=_run)

@@ -18,8 +18,10 @@ def _run(args: argparse.Namespace) -> int:
         contrib_ops=args.contrib_ops,
     )  # fmt: skip
     custom = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain})
-    print(f"wrote {args.output}: {len(proto.graph.node)} nodes"
-          + (f", custom: {', '.join(custom)}" if custom else ""))
+    print(
+        f"wrote {args.output}: {len(proto.graph.node)} nodes"
+        + (f", custom: {', '.join(custom)}" if custom else "")
+    )
     return 0
 
 

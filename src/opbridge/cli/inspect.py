@@ -15,9 +15,13 @@ def _run(args: argparse.Namespace) -> int:
     from opbridge.runtime._session import kernel_provider
 
     model = onnx.load(args.model, load_external_data=False)
-    print(f"{args.model}: IR {model.ir_version}, producer {model.producer_name} "
-          f"{model.producer_version}".rstrip())
-    print("opsets: " + ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import))
+    print(
+        f"{args.model}: IR {model.ir_version}, producer {model.producer_name} "
+        f"{model.producer_version}".rstrip()
+    )
+    print(
+        "opsets: " + ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    )
     counts = collections.Counter(n.domain or "ai.onnx" for n in model.graph.node)
     print("nodes by domain: " + ", ".join(f"{d} {c}" for d, c in sorted(counts.items())))
     if model.functions:
@@ -36,18 +40,25 @@ def _run(args: argparse.Namespace) -> int:
     print("custom nodes:")
     for key, found in sorted(nodes.items()):
         source = plan.sources[key]
-        where = {"python": f"Python kernel ({source.detail}) via {route}",
-                 "native": f"native library {source.detail}",
-                 "user-library": f"one of {source.detail}",
-                 "missing": "NO KERNEL: declare it with opbridge.custom_op or pass --library"}
+        where = {
+            "python": f"Python kernel ({source.detail}) via {route}",
+            "native": f"native library {source.detail}",
+            "user-library": f"one of {source.detail}",
+            "missing": "NO KERNEL: declare it with opbridge.custom_op or pass --library",
+        }
         print(f"  {key} x{len(found)}: {where[source.provider]}")
     return 1 if plan.missing else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "inspect", help="list a model's domains, custom nodes and which have kernels")
+        "inspect", help="list a model's domains, custom nodes and which have kernels"
+    )
     parser.add_argument("model", help="the .onnx file")
-    parser.add_argument("--library", action="append", default=[],
-                        help="a C++ custom-op library the model will run with (repeatable)")
+    parser.add_argument(
+        "--library",
+        action="append",
+        default=[],
+        help="a C++ custom-op library the model will run with (repeatable)",
+    )
     parser.set_defaults(func=_run)

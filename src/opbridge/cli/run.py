@@ -59,11 +59,20 @@ def _graph_inputs(path: str) -> list:  # type: ignore[type-arg]
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run an ONNX model with random or given inputs")
     parser.add_argument("model", help="the .onnx file")
-    parser.add_argument("--input-shape", action="append", default=[], metavar="SHAPE",
-                        help="shape of each input whose dims are symbolic (repeat per input)")
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="SHAPE",
+        help="shape of each input whose dims are symbolic (repeat per input)",
+    )
     parser.add_argument("--inputs", help="an .npz file with an array per input name")
-    parser.add_argument("--library", action="append", default=[],
-                        help="a C++ custom-op library to load (repeatable)")
+    parser.add_argument(
+        "--library",
+        action="append",
+        default=[],
+        help="a C++ custom-op library to load (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", help="save the outputs to this .npz file")
     parser.set_defaults(func=_run)

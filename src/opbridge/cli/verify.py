@@ -27,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "verify", help="check that ONNX Runtime and PyTorch agree on MODULE:FACTORY")
+        "verify", help="check that ONNX Runtime and PyTorch agree on MODULE:FACTORY"
+    )
     add_model_arguments(parser)
     parser.add_argument("--rtol", type=float, default=None, help="default: by dtype")
     parser.add_argument("--atol", type=float, default=None, help="default: by dtype")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-import typing
 from typing import Any
 
 import numpy as np
@@ -187,14 +187,10 @@ class CustomOpDef:
             else:
                 inputs.append(value)
         attrs = {
-            p.name: bound[p.name]
-            for p in self._layout.attributes
-            if bound.get(p.name) is not None
+            p.name: bound[p.name] for p in self._layout.attributes if bound.get(p.name) is not None
         }
         node = op.domain(self.domain, version=self.version)
-        return getattr(node, self.op_type)(
-            *inputs, _outputs=self._layout.num_outputs, **attrs
-        )
+        return getattr(node, self.op_type)(*inputs, _outputs=self._layout.num_outputs, **attrs)
 
     def kernel_spec(self) -> KernelSpec:
         """The ONNX Runtime kernel for ``domain::op_type`` as plain data."""

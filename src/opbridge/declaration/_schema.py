@@ -70,8 +70,8 @@ def make_schema(
     inputs = []
     constraints = []
     for i, p in enumerate(layout.inputs):
-        option = _Option.Variadic if p.variadic else (
-            _Option.Optional if p.optional else _Option.Single
+        option = (
+            _Option.Variadic if p.variadic else (_Option.Optional if p.optional else _Option.Single)
         )
         inputs.append(_Param(p.name, f"T{i}", param_option=option, is_homogeneous=False))
         constraints.append((f"T{i}", ALL_TENSOR_TYPES, ""))

@@ -139,7 +139,7 @@ def _param_of(arg: Any) -> Param | str:
     return f"{arg.name}: {type_str}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layout_of(overload: torch._ops.OpOverload) -> OpLayout:
     """Reads a torch op overload's schema into an :class:`OpLayout`."""
     schema = overload._schema

@@ -66,8 +66,9 @@ class CustomInverse(torch.nn.Module):
 def inverse(exporter: str) -> opbridge.VerificationReport:
     torch.manual_seed(0)
     x = torch.randn(3, 3) + 3 * torch.eye(3)  # well conditioned, as any test should be
-    report = opbridge.verify(CustomInverse(), (x,), exporter=exporter,
-                             custom_opsets={"com.microsoft": 5})
+    report = opbridge.verify(
+        CustomInverse(), (x,), exporter=exporter, custom_opsets={"com.microsoft": 5}
+    )
     _check(report.model)
     _expect_nodes(report.model, [("com.microsoft", "Inverse")])
     versions = {o.domain: o.version for o in report.model.opset_import}
@@ -93,7 +94,9 @@ def _group_norm_ops() -> Any:
     def custom_group_norm(
         X: Tensor, num_groups: Tensor, scale: Tensor, bias: Tensor, eps: Tensor
     ) -> Tensor:
-        return F.group_norm(X, int(num_groups.reshape(-1)[0]), scale, bias, float(eps.reshape(-1)[0]))
+        return F.group_norm(
+            X, int(num_groups.reshape(-1)[0]), scale, bias, float(eps.reshape(-1)[0])
+        )
 
     @custom_group_norm.register_fake
     def _(X: Tensor, num_groups: Tensor, scale: Tensor, bias: Tensor, eps: Tensor) -> Tensor:
@@ -108,17 +111,27 @@ def _group_norm_ops() -> Any:
 
 class GroupNormModel(torch.nn.Module):
     def forward(self, x: Tensor, num_groups: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        return torch.ops.mynamespace.custom_group_norm(x, num_groups, scale, bias,
-                                                       torch.tensor([0.0]))
+        return torch.ops.mynamespace.custom_group_norm(
+            x, num_groups, scale, bias, torch.tensor([0.0])
+        )
 
 
 def group_norm(exporter: str) -> opbridge.VerificationReport:
     _group_norm_ops()
     torch.manual_seed(0)
-    inputs = (torch.randn(3, 2, 1, 2), torch.tensor([2.0]), torch.tensor([2.0, 1.0]),
-              torch.tensor([1.0, 0.0]))
-    report = opbridge.verify(GroupNormModel(), inputs, exporter=exporter,
-                             input_names=["X", "num_groups", "scale", "bias"], output_names=["Y"])
+    inputs = (
+        torch.randn(3, 2, 1, 2),
+        torch.tensor([2.0]),
+        torch.tensor([2.0, 1.0]),
+        torch.tensor([1.0, 0.0]),
+    )
+    report = opbridge.verify(
+        GroupNormModel(),
+        inputs,
+        exporter=exporter,
+        input_names=["X", "num_groups", "scale", "bias"],
+        output_names=["Y"],
+    )
     _check(report.model)
     node = next(n for n in report.model.graph.node if n.domain == "mydomain")
     assert node.op_type == "testgroupnorm", node
@@ -135,8 +148,9 @@ class CustomGelu(torch.nn.Module):
 
 def gelu(exporter: str) -> opbridge.VerificationReport:
     torch.manual_seed(0)
-    report = opbridge.verify(CustomGelu(), (torch.randn(3, 3),), exporter=exporter,
-                             contrib_ops=True)
+    report = opbridge.verify(
+        CustomGelu(), (torch.randn(3, 3),), exporter=exporter, contrib_ops=True
+    )
     _check(report.model)
     assert report.model.graph.node[0].domain == "com.microsoft"
     assert report.model.graph.node[0].op_type == "Gelu"
@@ -146,8 +160,9 @@ def gelu(exporter: str) -> opbridge.VerificationReport:
 # -- 002/004: addandround as test.customop::CustomOpOne + CustomOpTwo + Cast --------------
 @functools.cache
 def _add_and_round_ops() -> Any:
-    @opbridge.custom_op("test_customop::custom_op_one", domain="test.customop",
-                        op_type="CustomOpOne")
+    @opbridge.custom_op(
+        "test_customop::custom_op_one", domain="test.customop", op_type="CustomOpOne"
+    )
     def custom_op_one(x: Tensor, y: Tensor) -> Tensor:
         return x + y
 
@@ -155,8 +170,9 @@ def _add_and_round_ops() -> Any:
     def _(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return x + y
 
-    @opbridge.custom_op("test_customop::custom_op_two", domain="test.customop",
-                        op_type="CustomOpTwo")
+    @opbridge.custom_op(
+        "test_customop::custom_op_two", domain="test.customop", op_type="CustomOpTwo"
+    )
     def custom_op_two(x: Tensor) -> Tensor:
         return torch.round(x).to(torch.int32)
 
@@ -207,10 +223,12 @@ class AddModel(torch.nn.Module):
 def aten_add(exporter: str) -> opbridge.VerificationReport:
     torch.manual_seed(0)
     with opbridge.registry_scope():
-        opbridge.register_lowering("aten::add.Tensor", custom_aten_add,
-                                   function_domain="custom.aten")
-        report = opbridge.verify(AddModel(), (torch.randn(3, 4), torch.randn(3, 4)),
-                                 exporter=exporter)
+        opbridge.register_lowering(
+            "aten::add.Tensor", custom_aten_add, function_domain="custom.aten"
+        )
+        report = opbridge.verify(
+            AddModel(), (torch.randn(3, 4), torch.randn(3, 4)), exporter=exporter
+        )
     _check(report.model)
     assert report.model.graph.node[0].domain == "custom.aten"
     assert report.model.graph.node[0].op_type == "custom_aten_add"
@@ -239,8 +257,9 @@ class ImageClassifier(torch.nn.Module):
 
 def image_classifier(exporter: str) -> opbridge.VerificationReport:
     torch.manual_seed(0)
-    report = opbridge.verify(ImageClassifier().eval(), (torch.randn(1, 1, 32, 32),),
-                             exporter=exporter)
+    report = opbridge.verify(
+        ImageClassifier().eval(), (torch.randn(1, 1, 32, 32),), exporter=exporter
+    )
     _check(report.model)
     return report
 

@@ -20,8 +20,14 @@ from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, Pending, PlaceholderTa
 
 __all__ = ["export_dynamo"]
 
-_PY_TYPES = {"int": int, "float": float, "str": str, "ints": list[int], "floats": list[float],
-             "strs": list[str]}
+_PY_TYPES = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "ints": list[int],
+    "floats": list[float],
+    "strs": list[str],
+}
 
 
 def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
@@ -31,8 +37,11 @@ def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
     parameters = []
     annotations: dict[str, Any] = {}
     for p in layout.params:
-        kind = inspect.Parameter.KEYWORD_ONLY if p.kwarg_only else (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        kind = (
+            inspect.Parameter.KEYWORD_ONLY
+            if p.kwarg_only
+            else (inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
         default = p.default if p.has_default else inspect.Parameter.empty
         parameters.append(inspect.Parameter(p.name, kind, default=default))
         if p.kind == "attribute":
@@ -66,8 +75,9 @@ def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
     return translate
 
 
-def _type_outputs(pending: Pending, infer: Any, inputs: list[Any], attrs: dict[str, Any],
-                  result: Any) -> None:
+def _type_outputs(
+    pending: Pending, infer: Any, inputs: list[Any], attrs: dict[str, Any], result: Any
+) -> None:
     """Gives the placeholder's outputs the types torch's fake implementation computes.
 
     The exporter does not type outputs of custom-domain nodes; shape inference and

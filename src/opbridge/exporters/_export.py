@@ -117,13 +117,16 @@ def export(
         if exporter == "dynamo":
             program = model
             if not isinstance(model, torch.export.ExportedProgram):
-                program = torch.export.export(model, args, kwargs=kwargs,
-                                              dynamic_shapes=dynamic_shapes)
+                program = torch.export.export(
+                    model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes
+                )
             _check_ops(program, table)
             proto = export_dynamo(program, args, table, dynamic_shapes=None, **names)
         else:
             if isinstance(model, torch.export.ExportedProgram):
-                raise ExportError("exporter='torchscript' needs an nn.Module, not an ExportedProgram")
+                raise ExportError(
+                    "exporter='torchscript' needs an nn.Module, not an ExportedProgram"
+                )
             proto = export_torchscript(model, args, table, dynamic_shapes=dynamic_shapes, **names)
     except OpbridgeError:
         raise
@@ -146,7 +149,8 @@ def _describe_failure(error: Exception, exporter: str) -> str:
     text = str(error)
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     names = [
-        m for m in re.findall(r"\b([A-Za-z_]\w*::[A-Za-z_]\w*(?:\.\w+)?)", text)
+        m
+        for m in re.findall(r"\b([A-Za-z_]\w*::[A-Za-z_]\w*(?:\.\w+)?)", text)
         if not m.startswith(("onnx::", "prim::", "torch::", "c10::", "std::"))
     ]
     if names:

@@ -34,7 +34,10 @@ def _is_tensor(value: Any) -> bool:
 
 def _is_constant(value: Any) -> bool:
     return isinstance(value, torch._C.Value) and value.node().kind() in (
-        "onnx::Constant", "prim::Constant", "prim::ListConstruct")
+        "onnx::Constant",
+        "prim::Constant",
+        "prim::ListConstruct",
+    )
 
 
 def _fits(param: Any, arg: Any) -> bool:
@@ -127,8 +130,9 @@ def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> 
                 f"{overload}: an absent optional tensor before a present one is not supported "
                 f"by the TorchScript exporter; use exporter='dynamo'."
             )
-        outputs = g.op(f"{PLACEHOLDER_DOMAIN}::{pending.key}", *inputs,
-                       outputs=layout.num_outputs, **attrs)
+        outputs = g.op(
+            f"{PLACEHOLDER_DOMAIN}::{pending.key}", *inputs, outputs=layout.num_outputs, **attrs
+        )
         results = outputs if isinstance(outputs, (tuple, list)) else [outputs]
         for result, original in zip(results, g.original_node.outputs(), strict=False):
             result.setType(original.type())
@@ -174,8 +178,11 @@ def export_torchscript(
     dynamic_axes = _dynamic_axes(dynamic_shapes, input_names)
     buffer = io.BytesIO()
     # The legacy exporter prints its whole graph on failure; the error says enough.
-    with _symbolics(table, opset), warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()):
+    with (
+        _symbolics(table, opset),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")  # the legacy exporter is deprecated, loudly
         torch.onnx.export(
             model,
@@ -195,8 +202,9 @@ def _dynamic_axes(dynamic_shapes: Any, input_names: list[str] | None) -> Any:
     """Maps torch.export-style ``dynamic_shapes`` to the legacy ``dynamic_axes``."""
     if dynamic_shapes is None:
         return None
-    specs = list(dynamic_shapes.values()) if isinstance(dynamic_shapes, dict) else list(
-        dynamic_shapes)
+    specs = (
+        list(dynamic_shapes.values()) if isinstance(dynamic_shapes, dict) else list(dynamic_shapes)
+    )
     axes: dict[str, Any] = {}
     for i, spec in enumerate(specs):
         if not spec:

@@ -9,4 +9,4 @@ from opbridge.lowering._register import register_lowering
 
 __all__ = ["Builder", "Value", "register_lowering"]
 
-from opbridge.lowering import com_microsoft as com_microsoft  # noqa: E402  (registers)
+from opbridge.lowering import com_microsoft as com_microsoft

@@ -221,7 +221,9 @@ class Builder:
             ) from e
         self._ctx.nodes.append(node)
         if domain:
-            self._ctx.used_domains[domain] = max(version or 1, self._ctx.used_domains.get(domain, 1))
+            self._ctx.used_domains[domain] = max(
+                version or 1, self._ctx.used_domains.get(domain, 1)
+            )
         results = tuple(Value(n) for n in out_names)
         return results[0] if outputs == 1 else results
 
@@ -254,8 +256,11 @@ class Builder:
                 Python numbers, else numpy's.
             like: A value whose element type Python numbers should take.
         """
-        if dtype is None and like is not None and like.dtype is not None and not isinstance(
-            value, np.ndarray
+        if (
+            dtype is None
+            and like is not None
+            and like.dtype is not None
+            and not isinstance(value, np.ndarray)
         ):
             dtype = like.dtype
         array = np.asarray(value, dtype=dtype)

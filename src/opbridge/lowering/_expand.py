@@ -69,8 +69,15 @@ class PlaceholderTable:
         """Makes onnxscript accept the placeholders (the dynamo exporter needs it)."""
         for p in self.entries.values():
             # The inference function keeps outputs typed through onnxscript's optimizer.
-            register_schema(make_schema(p.layout, domain=PLACEHOLDER_DOMAIN, op_type=p.key,
-                                        version=1, infer=fake_infer(p.layout, p.overload)))
+            register_schema(
+                make_schema(
+                    p.layout,
+                    domain=PLACEHOLDER_DOMAIN,
+                    op_type=p.key,
+                    version=1,
+                    infer=fake_infer(p.layout, p.overload),
+                )
+            )
 
 
 def _attr_to_python(param: Any, proto: onnx.AttributeProto) -> Any:
@@ -118,8 +125,9 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return consts
 
 
-def _call_lowering(pending: Pending, builder: Builder, node: onnx.NodeProto,
-                   values: list[Value | None]) -> Any:
+def _call_lowering(
+    pending: Pending, builder: Builder, node: onnx.NodeProto, values: list[Value | None]
+) -> Any:
     layout = pending.layout
     attrs = {a.name: a for a in node.attribute}
     positional: list[Any] = []
@@ -153,8 +161,7 @@ def _call_lowering(pending: Pending, builder: Builder, node: onnx.NodeProto,
         raise
     except Exception as e:
         raise LoweringError(
-            f"Lowering '{pending.lowering.name}' for {layout.name} raised "
-            f"{type(e).__name__}: {e}"
+            f"Lowering '{pending.lowering.name}' for {layout.name} raised {type(e).__name__}: {e}"
         ) from e
 
 
@@ -171,8 +178,14 @@ def _splice(ctx: GraphContext, produced: list[Value], wanted: list[str]) -> list
         if value.name in made and value.name not in rename:
             rename[value.name] = target
         else:  # a graph value returned as is, or one value returned twice
-            extra.append(helper.make_node("Identity", [rename.get(value.name, value.name)],
-                                          [target], name=ctx.fresh("Identity_node")))
+            extra.append(
+                helper.make_node(
+                    "Identity",
+                    [rename.get(value.name, value.name)],
+                    [target],
+                    name=ctx.fresh("Identity_node"),
+                )
+            )
     for n in ctx.nodes:
         n.input[:] = [rename.get(i, i) for i in n.input]
         n.output[:] = [rename.get(o, o) for o in n.output]
@@ -196,10 +209,7 @@ def expand(
         ExportError: A domain's requested version is below what its ops need.
         LoweringError: A lowering failed; the message names it and the op.
     """
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # best effort: inference only adds type facts
-        pass
+    model = _inferred(model)
     types = _known_types(model)
     constants = _constants(model)
     opsets = {o.domain: o.version for o in model.opset_import}
@@ -214,8 +224,13 @@ def expand(
         pending = table.entries.get(node.op_type)
         if pending is None:  # pragma: no cover - would be an adapter bug
             raise ExportError(f"unknown placeholder {node.op_type}")
-        ctx = GraphContext(types=types, constants=constants, opset_versions=opsets,
-                           name_prefix=node.name or pending.key, taken_names=taken)
+        ctx = GraphContext(
+            types=types,
+            constants=constants,
+            opset_versions=opsets,
+            name_prefix=node.name or pending.key,
+            taken_names=taken,
+        )
         builder = Builder(ctx, target=pending.layout.name)
         values = [ctx.value(n) if n else None for n in node.input]
         if pending.lowering.function_domain:
@@ -226,7 +241,9 @@ def expand(
         try:
             new_nodes.extend(_splice(ctx, list(flatten_outputs(result)), list(node.output)))
         except LoweringError as e:
-            raise LoweringError(f"Lowering '{pending.lowering.name}' for {pending.layout.name}: {e}")
+            raise LoweringError(
+                f"Lowering '{pending.lowering.name}' for {pending.layout.name}: {e}"
+            ) from None
         for d, v in ctx.used_domains.items():
             used_domains[d] = max(v, used_domains.get(d, 1))
     model.graph.ClearField("node")
@@ -234,16 +251,28 @@ def expand(
     model.functions.extend(functions.values())
     _prune(model.graph)
     _set_opsets(model, used_domains, custom_opsets or {})
+    return _inferred(model)
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with inferred value types, or as is if inference fails.
+
+    Inference only adds type facts; a model ONNX cannot infer is still exported.
+    """
     try:
-        model = onnx.shape_inference.infer_shapes(model)
+        return onnx.shape_inference.infer_shapes(model)
     except Exception:
-        pass
-    return model
+        return model
 
 
-def _as_function(pending: Pending, node: onnx.NodeProto, values: list[Value | None],
-                 opsets: dict[str, int], functions: dict[tuple[Any, ...], onnx.FunctionProto],
-                 used_domains: dict[str, int]) -> onnx.NodeProto:
+def _as_function(
+    pending: Pending,
+    node: onnx.NodeProto,
+    values: list[Value | None],
+    opsets: dict[str, int],
+    functions: dict[tuple[Any, ...], onnx.FunctionProto],
+    used_domains: dict[str, int],
+) -> onnx.NodeProto:
     """Writes the lowering as an ONNX local function and returns the calling node."""
     lowering = pending.lowering
     domain = lowering.function_domain
@@ -261,8 +290,9 @@ def _as_function(pending: Pending, node: onnx.NodeProto, values: list[Value | No
             opset_versions=opsets, name_prefix=lowering.name,
             taken_names={f.name for f in formal},
         )  # fmt: skip
-        result = _call_lowering(pending, Builder(ctx, target=pending.layout.name), node,
-                                formal_by_pos)
+        result = _call_lowering(
+            pending, Builder(ctx, target=pending.layout.name), node, formal_by_pos
+        )
         outs = [f"output_{j}" for j in range(len(node.output))]
         body = _splice(ctx, list(flatten_outputs(result)), outs)
         same_name = sum(1 for k in functions if k[:2] == signature[:2])
@@ -276,8 +306,9 @@ def _as_function(pending: Pending, node: onnx.NodeProto, values: list[Value | No
             used_domains[d] = max(v, used_domains.get(d, 1))
     fn = functions[signature]
     used_domains.setdefault(domain, 1)
-    call = helper.make_node(fn.name, [v.name for _, v in present], list(node.output),
-                            name=node.name, domain=domain)
+    call = helper.make_node(
+        fn.name, [v.name for _, v in present], list(node.output), name=node.name, domain=domain
+    )
     if fn.overload:
         call.overload = fn.overload
     return call
@@ -291,9 +322,13 @@ def _prune(graph: onnx.GraphProto) -> None:
             for a in n.attribute:
                 for g in [a.g, *a.graphs]:
                     used |= {i for sub in g.node for i in sub.input}
-        dead = [n for n in graph.node
-                if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
-                and not any(o in used for o in n.output)]
+        dead = [
+            n
+            for n in graph.node
+            if n.op_type == "Constant"
+            and n.domain in ("", "ai.onnx")
+            and not any(o in used for o in n.output)
+        ]
         for n in dead:
             graph.node.remove(n)
         if not dead:

@@ -102,11 +102,14 @@ def install(
             out_types = types[1]
             out_dtypes = [np.dtype(_np_name(t)) for t in out_types]
 
-            def body(*inputs: Any, _spec: KernelSpec = spec, _dtypes: Any = out_dtypes,
-                     **kw: Any) -> Any:
+            def body(
+                *inputs: Any, _spec: KernelSpec = spec, _dtypes: Any = out_dtypes, **kw: Any
+            ) -> Any:
                 result = _spec.compute(*inputs, **kw)
                 results = result if isinstance(result, (tuple, list)) else (result,)
-                fixed = tuple(np.asarray(r, dtype=d) for r, d in zip(results, _dtypes, strict=False))
+                fixed = tuple(
+                    np.asarray(r, dtype=d) for r, d in zip(results, _dtypes, strict=False)
+                )
                 return fixed if len(fixed) > 1 else fixed[0]
 
             ortx.onnx_op(

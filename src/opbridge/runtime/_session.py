@@ -172,7 +172,9 @@ class Session:
         self._route = _configure(self._options, self._plan)
         try:
             self._session = ort.InferenceSession(
-                data, sess_options=self._options, providers=list(providers or ["CPUExecutionProvider"])
+                data,
+                sess_options=self._options,
+                providers=list(providers or ["CPUExecutionProvider"]),
             )
         except Exception as e:
             raise SessionError(f"ONNX Runtime could not load the model: {e}") from e
@@ -255,8 +257,9 @@ class Session:
         elif isinstance(value, (int, float, bool, list)):
             array = np.asarray(value)
         else:
-            raise SessionError(f"input '{name}' must be a torch tensor or numpy array, got "
-                               f"{type(value).__name__}")
+            raise SessionError(
+                f"input '{name}' must be a torch tensor or numpy array, got {type(value).__name__}"
+            )
         elem_type, shape = self._input_types.get(name, (0, None))
         if elem_type:
             expected = helper.tensor_dtype_to_np_dtype(elem_type)

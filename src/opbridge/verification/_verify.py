@@ -121,9 +121,21 @@ def compare(
         name = names[i] if i < len(names) else f"output_{i}"
         note = ""
         if want.shape != got.shape:
-            rows.append(OutputComparison(i, name, want.dtype.name, want.shape, float("inf"),
-                                         float("inf"), want.size, r, a, False,
-                                         f"shape {list(got.shape)} != {list(want.shape)}"))
+            rows.append(
+                OutputComparison(
+                    i,
+                    name,
+                    want.dtype.name,
+                    want.shape,
+                    float("inf"),
+                    float("inf"),
+                    want.size,
+                    r,
+                    a,
+                    False,
+                    f"shape {list(got.shape)} != {list(want.shape)}",
+                )
+            )
             continue
         if want.dtype != got.dtype:
             note = f"dtype {got.dtype.name} != {want.dtype.name}"
@@ -142,8 +154,21 @@ def compare(
             max_abs = float(bad.sum() > 0)
             max_rel = max_abs
         mismatched = int(np.count_nonzero(bad))
-        rows.append(OutputComparison(i, name, want.dtype.name, tuple(want.shape), max_abs, max_rel,
-                                     mismatched, r, a, mismatched == 0 and not note, note))
+        rows.append(
+            OutputComparison(
+                i,
+                name,
+                want.dtype.name,
+                tuple(want.shape),
+                max_abs,
+                max_rel,
+                mismatched,
+                r,
+                a,
+                mismatched == 0 and not note,
+                note,
+            )
+        )
     return rows
 
 
@@ -182,10 +207,23 @@ def verify(
     session = Session(proto, providers=providers, libraries=libraries)
     with torch.no_grad():
         actual = _flatten(session(*[_as_numpy(a) for a in args]))
-    rows = compare(expected, [np.asarray(a) for a in actual], session.output_names,
-                   rtol=rtol, atol=atol)
+    rows = compare(
+        expected, [np.asarray(a) for a in actual], session.output_names, rtol=rtol, atol=atol
+    )
     if len(actual) != len(expected):
-        rows.append(OutputComparison(len(rows), "(count)", "-", (), float("inf"), float("inf"),
-                                     0, 0.0, 0.0, False,
-                                     f"ONNX Runtime gave {len(actual)} outputs, torch {len(expected)}"))
+        rows.append(
+            OutputComparison(
+                len(rows),
+                "(count)",
+                "-",
+                (),
+                float("inf"),
+                float("inf"),
+                0,
+                0.0,
+                0.0,
+                False,
+                f"ONNX Runtime gave {len(actual)} outputs, torch {len(expected)}",
+            )
+        )
     return VerificationReport(all(r.passed for r in rows), rows, proto, exporter, repr(session))
