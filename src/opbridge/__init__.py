@@ -14,6 +14,7 @@ from opbridge._errors import (
 from opbridge.declaration import CustomOpDef, custom_op
 from opbridge.exporters import export
 from opbridge.lowering import Builder, Value, register_lowering
+from opbridge.native import BuildError, build_library, library_path, load_inline
 from opbridge.runtime import Session, session_options
 from opbridge.verification import VerificationReport, verify
 
@@ -36,6 +37,7 @@ def registry_scope():  # type: ignore[no-untyped-def]
 
 
 __all__ = [
+    "BuildError",
     "Builder",
     "CustomOpDef",
     "DeclarationError",
@@ -47,8 +49,11 @@ __all__ = [
     "SessionError",
     "Value",
     "VerificationReport",
+    "build_library",
     "custom_op",
     "export",
+    "library_path",
+    "load_inline",
     "register_lowering",
     "registry_scope",
     "session_options",

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the linters and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+.venv/bin/ruff check src tests benchmarks examples
+.venv/bin/ruff format --check src tests benchmarks examples
+exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"
