@@ -148,8 +148,10 @@ def test_compile_error_reports_file_and_line(fresh_cache):
         native.load_inline("broken", source)
     message = str(info.value)
     src = next((fresh_cache / "build" / "inline").glob("broken-*.cc"))
-    assert f"{src}:4:" in message  # file:line from the compiler itself
-    assert "undeclared_name" in message
+    # The first line is the compiler's own first error, with file and line.
+    first = message.splitlines()[0]
+    assert first.startswith(f"broken: {src}:4:") and "undeclared_name" in first
+    assert f"{src}:4:" in info.value.compiler_output
 
 
 def test_missing_registration_list_fails_at_link_time(fresh_cache):
@@ -298,14 +300,26 @@ def test_cli_build_prints_the_library_path(kernel_lib, capsys):
     assert capsys.readouterr().out.strip() == str(kernel_lib)
 
 
-def test_cli_build_error_is_a_build_error(fresh_cache, tmp_path):
+def test_cli_build_error_is_a_build_error(fresh_cache, tmp_path, capsys):
     src = tmp_path / "bad.cc"
-    src.write_text("this is not C++\n")
+    src.write_text("#include <opbridge/ort_kernel.h>\n\nthis is not C++\n")
     parser = argparse.ArgumentParser(prog="opbridge")
     build_cli.register(parser.add_subparsers())
     args = parser.parse_args(["build", "bad", str(src), "-I", str(tmp_path), "--cflag=-Wall"])
-    with pytest.raises(native.BuildError, match=f"{src}:1:"):
+    with pytest.raises(native.BuildError, match=f"{src}:3:"):
         args.func(args)
+    # The handler printed the compiler's diagnostics before the summary line.
+    assert f"{src}:3:" in capsys.readouterr().err
+
+
+def test_opbridge_main_reports_build_errors_with_file_and_line(fresh_cache, tmp_path, capsys):
+    from opbridge.cli import main
+
+    src = tmp_path / "bad.cc"
+    src.write_text("#include <opbridge/ort_kernel.h>\nint f() { return missing; }\n")
+    assert main(["build", "bad", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:2:" in err and "missing" in err
 
 
 def test_concurrent_processes_build_once(fresh_cache, tmp_path):

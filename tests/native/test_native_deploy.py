@@ -7,9 +7,12 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import torch
 from native_helpers import IR_VERSION
 from onnx import TensorProto, helper
+
+import opbridge.native
 
 # Runs in a fresh interpreter that never imports opbridge or torch.
 _DEPLOY_SCRIPT = textwrap.dedent(
@@ -108,6 +111,8 @@ def test_plain_onnxruntime_runs_every_shipped_op(kernel_lib, tmp_path):
         timeout=120,
     )
     out = np.load(out_path)
+    used = {f"{n.domain}::{n.op_type}" for n in onnx.load(model_path).graph.node}
+    assert used == set(opbridge.native.SHIPPED_OPS)
 
     t = {k: torch.from_numpy(v.astype(np.float32)) for k, v in feeds.items()}
     norm = torch.nn.functional.group_norm(t["X"], 2, t["S"], t["B"], 1e-5)

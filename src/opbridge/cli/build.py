@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = ["register"]
 
@@ -56,15 +57,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _handler(args: argparse.Namespace) -> int:
     # Imported here so `opbridge --help` does not pay for the native package.
-    from opbridge.native import build_library
+    from opbridge.native import BuildError, build_library
 
-    path = build_library(
-        args.name,
-        args.sources,
-        include_dirs=args.include_dirs,
-        extra_cflags=args.cflags,
-        extra_ldflags=args.ldflags,
-        verbose=args.verbose,
-    )
+    try:
+        path = build_library(
+            args.name,
+            args.sources,
+            include_dirs=args.include_dirs,
+            extra_cflags=args.cflags,
+            extra_ldflags=args.ldflags,
+            verbose=args.verbose,
+        )
+    except BuildError as exc:
+        # The CLI's error line is a one-line summary; the compiler's own diagnostics
+        # (every file:line) go to stderr first. With -v they were already shown.
+        if exc.compiler_output and not args.verbose:
+            print(exc.compiler_output, file=sys.stderr)
+        raise
     print(path)
     return 0

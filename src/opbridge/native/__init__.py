@@ -8,11 +8,12 @@
 
 from ._build import BuildError, build_library, load_inline
 from ._headers import HeaderError, header_api_version, ort_include_dir
-from ._library import library_path
+from ._library import SHIPPED_OPS, library_path
 
 __all__ = [
     "BuildError",
     "HeaderError",
+    "SHIPPED_OPS",
     "build_library",
     "header_api_version",
     "library_path",

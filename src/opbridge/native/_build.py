@@ -53,13 +53,27 @@ _BASE_FLAGS = (
 # RegisterCustomOps is the only symbol ORT needs; everything else stays local so two
 # libraries (or two builds of one) never interpose each other's inline functions.
 _VERSION_SCRIPT = "{ global: RegisterCustomOps; local: *; };\n"
+# A diagnostic line worth a one-line summary: "file:line:col: error: ..." or a link error.
+_ERROR_LINE = re.compile(r"(\berror\b|undefined reference)", re.IGNORECASE)
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 _PROGRESS_AFTER_S = 1.0
 _INCLUDE_DIR = pathlib.Path(__file__).resolve().parent / "include"
 
 
 class BuildError(RuntimeError):
-    """A native library could not be built (compiler missing, compile or link error)."""
+    """A native library could not be built (compiler missing, compile or link error).
+
+    The first line of the message is a one-line summary (for a compile error, the
+    compiler's first ``file:line:col: error:`` line); the compiler's full output follows
+    and is also available as :attr:`compiler_output`.
+
+    Attributes:
+        compiler_output: The compiler's or linker's stderr, empty when none ran.
+    """
+
+    def __init__(self, message: str, compiler_output: str = "") -> None:
+        super().__init__(message)
+        self.compiler_output = compiler_output
 
 
 @dataclasses.dataclass
@@ -118,6 +132,9 @@ def build_library(
         BuildError: Bad arguments, no compiler, missing headers, or a compile/link
             error (the message contains the compiler's own diagnostics).
     """
+    if not sys.platform.startswith("linux"):
+        # The flags below (-z defs, --version-script, --require-defined) are GNU ld's.
+        raise BuildError(f"opbridge builds native libraries on Linux only, not {sys.platform}")
     if not _NAME_RE.match(name):
         raise BuildError(f"invalid library name {name!r}: use letters, digits, '_', '.', '-'")
     srcs = [pathlib.Path(s).expanduser().resolve() for s in sources]
@@ -359,13 +376,18 @@ def _run(cmd: list[str], name: str, verbose: bool) -> None:
     if verbose and proc.stderr:
         print(proc.stderr, end="", file=sys.stderr)
     if proc.returncode != 0:
-        message = f"{name}: build failed (exit {proc.returncode}):\n{proc.stderr.strip()}"
-        if "RegisterCustomOps" in proc.stderr:
-            message += (
-                "\nhint: a custom-op library must define its registration list with "
+        output = proc.stderr.strip()
+        if "RegisterCustomOps" in output:
+            summary = (
+                "the library does not define RegisterCustomOps: add a registration list, "
                 "OPBRIDGE_REGISTER_OPS(ops) { ... } (from <opbridge/ort_kernel.h>)"
             )
-        raise BuildError(message)
+        else:
+            summary = next(
+                (line for line in output.splitlines() if _ERROR_LINE.search(line)),
+                f"build failed ({cmd[0]} exited with {proc.returncode})",
+            )
+        raise BuildError(f"{name}: {summary}\n{output}", compiler_output=output)
 
 
 def _parse_depfile(text: str) -> list[str]:

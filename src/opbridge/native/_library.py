@@ -7,9 +7,15 @@ import threading
 
 from ._build import build_library
 
-__all__ = ["KERNEL_SOURCES", "LIBRARY_NAME", "library_path"]
+__all__ = ["KERNEL_SOURCES", "LIBRARY_NAME", "SHIPPED_OPS", "library_path"]
 
 LIBRARY_NAME = "opbridge_kernels"
+#: The ``domain::op_type`` of every node the shipped library implements.
+SHIPPED_OPS = (
+    "mydomain::testgroupnorm",
+    "test.customop::CustomOpOne",
+    "test.customop::CustomOpTwo",
+)
 _KERNEL_DIR = pathlib.Path(__file__).resolve().parent / "kernels"
 #: Sources of the shipped library, in link order.
 KERNEL_SOURCES = tuple(sorted(_KERNEL_DIR.glob("*.cc")))
