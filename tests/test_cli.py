@@ -115,3 +115,13 @@ def test_demo_one_scenario(capsys) -> None:  # type: ignore[no-untyped-def]
     assert "demo: 2 passed, 0 failed" in out
     assert "PASSED" in out
     assert main(["demo", "--only", "nope"]) == 2
+
+
+def test_quickstart_example_runs(capsys) -> None:  # type: ignore[no-untyped-def]
+    import runpy
+
+    runpy.run_path(
+        str(Path(__file__).parent.parent / "examples" / "quickstart.py"), run_name="__main__"
+    )
+    out = capsys.readouterr().out
+    assert "mydomain::ScaledTanh" in out and out.count("PASSED") == 2
