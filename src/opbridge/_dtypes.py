@@ -6,7 +6,14 @@ import numpy as np
 import onnx
 import torch
 
-__all__ = ["numpy_to_torch", "onnx_to_torch", "torch_to_numpy", "torch_to_onnx"]
+__all__ = [
+    "as_numpy",
+    "as_torch",
+    "numpy_to_torch",
+    "onnx_to_torch",
+    "torch_to_numpy",
+    "torch_to_onnx",
+]
 
 _TORCH_TO_ONNX: dict[torch.dtype, int] = {
     torch.float32: onnx.TensorProto.FLOAT,
@@ -50,3 +57,20 @@ def torch_to_numpy(dtype: torch.dtype) -> np.dtype:
 def numpy_to_torch(dtype: np.dtype) -> torch.dtype:
     """``np.dtype('float32')`` -> ``torch.float32``."""
     return onnx_to_torch(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+
+def as_torch(array: np.ndarray) -> torch.Tensor:
+    """A torch tensor sharing ``array``'s memory (bfloat16 through its bits)."""
+    if array.dtype.name == "bfloat16":  # numpy has no bfloat16; ml_dtypes' shares the bits
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy array sharing a CPU tensor's memory (bfloat16 as ``ml_dtypes.bfloat16``)."""
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()

@@ -13,6 +13,7 @@ import numpy as np
 import onnx.defs
 import torch
 
+from opbridge._dtypes import as_numpy, as_torch
 from opbridge._errors import DeclarationError, LoweringError
 from opbridge._registry import REGISTRY, Lowering
 from opbridge.declaration._schema import fake_infer, make_schema, register_schema
@@ -243,21 +244,6 @@ def _numpy_compute(layout: OpLayout, fn: Callable[..., Any]) -> Callable[..., An
     return compute
 
 
-def _to_torch(x: np.ndarray) -> torch.Tensor:
-    if x.dtype.name == "bfloat16":  # numpy has no bfloat16; ml_dtypes' shares the bits
-        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(x)
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
-
-
 def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
     def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
         named = _split_inputs(layout, inputs)
@@ -265,15 +251,15 @@ def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
             # ORT's buffers are read-only views; the torch impl must not write them.
             warnings.simplefilter("ignore", UserWarning)
             tensors = {
-                k: ([_to_torch(x) for x in v] if isinstance(v, list) else
-                    (None if v is None else _to_torch(v)))
+                k: ([as_torch(x) for x in v] if isinstance(v, list) else
+                    (None if v is None else as_torch(v)))
                 for k, v in named.items()
             }  # fmt: skip
         with torch.no_grad():
             out = overload(**tensors, **attrs)
         if isinstance(out, (tuple, list)):
-            return tuple(_to_numpy(o) for o in out)
-        return _to_numpy(out)
+            return tuple(as_numpy(o) for o in out)
+        return as_numpy(out)
 
     compute.__name__ = f"{layout.name}:torch"
     return compute

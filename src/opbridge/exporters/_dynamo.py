@@ -16,6 +16,7 @@ import torch
 
 from opbridge.declaration._schema import fake_infer
 from opbridge.declaration._signature import Param
+from opbridge.exporters._settings import ExportSettings
 from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, Pending, PlaceholderTable
 
 __all__ = ["export_dynamo"]
@@ -118,30 +119,20 @@ def _attr(p: Param, value: Any) -> Any:
     return value
 
 
-def export_dynamo(
-    model: Any,
-    args: tuple[Any, ...],
-    table: PlaceholderTable,
-    *,
-    opset_version: int | None,
-    dynamic_shapes: Any,
-    input_names: list[str] | None,
-    output_names: list[str] | None,
-    kwargs: dict[str, Any] | None = None,
-) -> onnx.ModelProto:
+def export_dynamo(model: Any, table: PlaceholderTable, settings: ExportSettings) -> onnx.ModelProto:
     """Exports with ``dynamo=True``; placeholders stand for every lowered op."""
     table.register_schemas()
     opset = onnxscript.values.Opset(PLACEHOLDER_DOMAIN, 1)
     translation_table = {p.overload: _translation(p, opset) for p in table.entries.values()}
     program = torch.onnx.export(
         model,
-        args,
-        kwargs=kwargs,
+        settings.args,
+        kwargs=settings.kwargs,
         dynamo=True,
-        opset_version=opset_version,
-        dynamic_shapes=dynamic_shapes,
-        input_names=input_names,
-        output_names=output_names,
+        opset_version=settings.opset_version,
+        dynamic_shapes=settings.dynamic_shapes,
+        input_names=settings.input_names,
+        output_names=settings.output_names,
         custom_translation_table=translation_table,
         verbose=False,
         report=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -15,6 +16,7 @@ from opbridge._errors import ExportError, OpbridgeError
 from opbridge._registry import REGISTRY
 from opbridge.declaration._signature import overload_name
 from opbridge.exporters._dynamo import export_dynamo
+from opbridge.exporters._settings import ExportSettings
 from opbridge.exporters._torchscript import export_torchscript
 from opbridge.lowering._expand import PlaceholderTable, expand
 
@@ -107,11 +109,13 @@ def export(
     if not isinstance(args, tuple):
         args = (args,) if not isinstance(args, list) else tuple(args)
     table = PlaceholderTable(REGISTRY, contrib_ops=contrib_ops)
-    names = dict(
+    settings = ExportSettings(
+        args=args,
+        kwargs=kwargs,
         opset_version=opset_version,
+        dynamic_shapes=dynamic_shapes,
         input_names=list(input_names) if input_names else None,
         output_names=list(output_names) if output_names else None,
-        kwargs=kwargs,
     )
     try:
         if exporter == "dynamo":
@@ -121,13 +125,16 @@ def export(
                     model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes
                 )
             _check_ops(program, table)
-            proto = export_dynamo(program, args, table, dynamic_shapes=None, **names)
+            # The program already carries the dynamic shapes.
+            proto = export_dynamo(
+                program, table, dataclasses.replace(settings, dynamic_shapes=None)
+            )
         else:
             if isinstance(model, torch.export.ExportedProgram):
                 raise ExportError(
                     "exporter='torchscript' needs an nn.Module, not an ExportedProgram"
                 )
-            proto = export_torchscript(model, args, table, dynamic_shapes=dynamic_shapes, **names)
+            proto = export_torchscript(model, table, settings)
     except OpbridgeError:
         raise
     except Exception as e:

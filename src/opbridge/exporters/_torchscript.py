@@ -19,6 +19,7 @@ import torch
 from torch.onnx import symbolic_helper
 
 from opbridge._errors import ExportError
+from opbridge.exporters._settings import ExportSettings
 from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, PlaceholderTable
 
 __all__ = ["export_torchscript"]
@@ -163,19 +164,11 @@ def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
 
 
 def export_torchscript(
-    model: Any,
-    args: tuple[Any, ...],
-    table: PlaceholderTable,
-    *,
-    opset_version: int | None,
-    dynamic_shapes: Any,
-    input_names: list[str] | None,
-    output_names: list[str] | None,
-    kwargs: dict[str, Any] | None = None,
+    model: Any, table: PlaceholderTable, settings: ExportSettings
 ) -> onnx.ModelProto:
     """Exports with ``dynamo=False``; placeholders stand for every lowered op."""
-    opset = opset_version or 20
-    dynamic_axes = _dynamic_axes(dynamic_shapes, input_names)
+    opset = settings.opset_version or 20
+    dynamic_axes = _dynamic_axes(settings.dynamic_shapes, settings.input_names)
     buffer = io.BytesIO()
     # The legacy exporter prints its whole graph on failure; the error says enough.
     with (
@@ -186,13 +179,13 @@ def export_torchscript(
         warnings.simplefilter("ignore")  # the legacy exporter is deprecated, loudly
         torch.onnx.export(
             model,
-            args,
+            settings.args,
             buffer,
-            kwargs=kwargs,
+            kwargs=settings.kwargs,
             dynamo=False,
             opset_version=opset,
-            input_names=input_names,
-            output_names=output_names,
+            input_names=settings.input_names,
+            output_names=settings.output_names,
             dynamic_axes=dynamic_axes,
         )
     return onnx.load_from_string(buffer.getvalue())

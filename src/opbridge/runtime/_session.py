@@ -13,6 +13,7 @@ import onnxruntime as ort
 import torch
 from onnx import helper
 
+from opbridge._dtypes import as_numpy, as_torch
 from opbridge._errors import KernelError, SessionError
 from opbridge.runtime import _plan
 from opbridge.runtime._plan import KernelPlan, KernelSource, plan_kernels
@@ -243,15 +244,13 @@ class Session:
         missing = [n for n in names if n not in given]
         if missing:
             raise SessionError(f"missing model inputs {missing}; the model takes {names}")
-        as_torch = any(isinstance(v, torch.Tensor) for v in given.values())
+        want_torch = any(isinstance(v, torch.Tensor) for v in given.values())
         feeds = {n: self._check(n, given[n]) for n in names}
-        return feeds, as_torch
+        return feeds, want_torch
 
     def _check(self, name: str, value: Any) -> np.ndarray:
         if isinstance(value, torch.Tensor):
-            from opbridge.declaration._custom_op import _to_numpy
-
-            array = _to_numpy(value.detach().cpu().contiguous())
+            array = as_numpy(value.detach().cpu().contiguous())
         elif isinstance(value, np.ndarray):
             array = value
         elif isinstance(value, (int, float, bool, list)):
@@ -295,10 +294,8 @@ class Session:
             raise KernelError(f"ONNX Runtime failed: {e}") from e
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        feeds, as_torch = self._feeds(args, kwargs)
+        feeds, want_torch = self._feeds(args, kwargs)
         outputs = self._run(feeds)
-        if as_torch:
-            from opbridge.declaration._custom_op import _to_torch
-
-            outputs = [_to_torch(np.ascontiguousarray(o)) for o in outputs]
+        if want_torch:
+            outputs = [as_torch(np.ascontiguousarray(o)) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

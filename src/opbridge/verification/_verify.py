@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import torch
 
+from opbridge._dtypes import as_numpy
 from opbridge.exporters import export
 from opbridge.runtime import Session
 
@@ -98,9 +99,7 @@ def _flatten(value: Any) -> list[Any]:
 
 def _as_numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        from opbridge.declaration._custom_op import _to_numpy
-
-        return _to_numpy(value.detach().cpu().contiguous())
+        return as_numpy(value.detach().cpu().contiguous())
     return np.asarray(value)
 
 
