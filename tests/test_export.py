@@ -169,3 +169,21 @@ def test_dynamic_shapes(ns: str, exporter: str) -> None:
     session = opbridge.Session(model)
     out = session(np.ones((5, 2), np.float32))
     np.testing.assert_array_equal(out, np.full((5, 2), 2, np.float32))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_variadic_tensor_list(ns: str, exporter: str) -> None:
+    @opbridge.custom_op(f"{ns}::weighted_sum", domain="d")
+    def weighted_sum(xs: list[Tensor], weight: float) -> Tensor:
+        return sum(xs) * weight  # type: ignore[return-value]
+
+    class M(torch.nn.Module):
+        def forward(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+            return weighted_sum([a, b, c], 0.5)
+
+    inputs = (torch.randn(3), torch.randn(3), torch.randn(3))
+    report = opbridge.verify(M(), inputs, exporter=exporter)
+    assert report.passed, str(report)
+    (node,) = [n for n in report.model.graph.node if n.domain == "d"]
+    assert len(node.input) == 3
+    onnx.checker.check_model(report.model, full_check=True)

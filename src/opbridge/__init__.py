@@ -3,6 +3,8 @@ exporter, run it in ONNX Runtime with kernels in Python, torch or C++, and verif
 that ONNX Runtime and PyTorch agree.
 """
 
+from contextlib import AbstractContextManager
+
 from opbridge._errors import (
     DeclarationError,
     ExportError,
@@ -11,6 +13,7 @@ from opbridge._errors import (
     OpbridgeError,
     SessionError,
 )
+from opbridge._registry import REGISTRY, Registry
 from opbridge.declaration import CustomOpDef, custom_op
 from opbridge.exporters import export
 from opbridge.lowering import Builder, Value, register_lowering
@@ -21,7 +24,7 @@ from opbridge.verification import VerificationReport, verify
 __version__ = "0.1.0"
 
 
-def registry_scope():  # type: ignore[no-untyped-def]
+def registry_scope() -> AbstractContextManager[Registry]:
     """Context manager undoing every lowering registered inside it (for tests and demos).
 
     Example::
@@ -31,8 +34,6 @@ def registry_scope():  # type: ignore[no-untyped-def]
             opbridge.export(model, args)
         # aten::add.Tensor is exported as before here
     """
-    from opbridge._registry import REGISTRY
-
     return REGISTRY.scope()
 
 

@@ -156,11 +156,16 @@ def fake_infer(
         known_shapes = all(t is None or t[1] is not None for t in inputs)
         kwargs: dict[str, Any] = {}
         with FakeTensorMode(allow_non_fake_inputs=True):
-            for p, t in zip(layout.inputs, inputs, strict=False):
-                if t is None:
-                    continue
-                shape = t[1] if t[1] is not None else (1,)
-                kwargs[p.name] = torch.empty(shape, dtype=onnx_to_torch(t[0]))
+
+            def fake(t: tuple[int, tuple[int, ...] | None]) -> torch.Tensor:
+                return torch.empty(t[1] if t[1] is not None else (1,), dtype=onnx_to_torch(t[0]))
+
+            for i, p in enumerate(layout.inputs):
+                if p.variadic:  # the last tensor parameter takes every remaining input
+                    kwargs[p.name] = [fake(t) for t in inputs[i:] if t is not None]
+                    break
+                if i < len(inputs) and inputs[i] is not None:
+                    kwargs[p.name] = fake(inputs[i])
             for p in layout.attributes:
                 if p.name in attrs:
                     kwargs[p.name] = _from_onnx_attr(p, attrs[p.name])
