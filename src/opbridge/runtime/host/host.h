@@ -29,8 +29,12 @@
 #include <numpy/arrayobject.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "onnxruntime_c_api.h"
@@ -106,6 +110,21 @@ struct InstalledKey {
 };
 std::vector<InstalledKey> InstalledKeys();
 
+using OpKey = std::pair<std::string, std::string>;  // (domain, op_type)
+
+// What the next RegisterCustomOps call registers (see registry.cc).
+struct NextRegistration {
+  // Per op: input element types of typed overloads (0 = leave that input generic).
+  std::map<OpKey, std::set<std::vector<int>>> overloads;
+  // Per op: the model's opset for its domain (newest version not above it).
+  std::map<OpKey, int> versions;
+
+  bool operator<(const NextRegistration& other) const {
+    return std::tie(overloads, versions) < std::tie(other.overloads, other.versions);
+  }
+};
+void SetNextRegistration(NextRegistration next);
+
 // Number of kernels (one per ORT node instance) currently alive.
 long LiveKernelCount();
 
@@ -126,9 +145,9 @@ OrtStatusPtr ORT_API_CALL CreateKernelV2(const OrtCustomOp* op, const OrtApi* ap
 OrtStatusPtr ORT_API_CALL KernelComputeV2(void* kernel, OrtKernelContext* context);
 void ORT_API_CALL KernelDestroy(void* kernel);
 
-// The registry's per-op ORT object; kernel.cc needs to reach the current OpDef.
-struct HostOp;
-OpDefPtr CurrentDefFor(const HostOp* op, std::string* layout_out);
+// The current definition behind one of the host's OrtCustomOp objects, and the
+// layout that op object was registered with.
+OpDefPtr CurrentDefFor(const OrtCustomOp* op, std::string* layout_out);
 
 void NoteKernelCreated();
 void NoteKernelDestroyed();

@@ -70,6 +70,20 @@ std::string TakeMessage(const OrtApi* api, OrtStatusPtr status) {
   return message;
 }
 
+// "ValueError" for builtins, "module.QualName" for other exception types.
+std::string ExceptionTypeName(PyObject* type) {
+  std::string name = "Exception";
+  Ref qualname(PyObject_GetAttrString(type, "__qualname__"));
+  const char* utf8 = qualname && PyUnicode_Check(qualname.get()) ? PyUnicode_AsUTF8(qualname.get())
+                                                                 : nullptr;
+  if (utf8 != nullptr) name = utf8;
+  Ref module(PyObject_GetAttrString(type, "__module__"));
+  utf8 = module && PyUnicode_Check(module.get()) ? PyUnicode_AsUTF8(module.get()) : nullptr;
+  if (utf8 != nullptr && std::strcmp(utf8, "builtins") != 0) name = std::string(utf8) + "." + name;
+  PyErr_Clear();
+  return name;
+}
+
 // Text of the pending Python exception ("ValueError: message" plus traceback);
 // clears it.
 std::string TakePythonError() {
@@ -79,12 +93,7 @@ std::string TakePythonError() {
   Ref type_ref(type), value_ref(value), tb_ref(traceback);
   if (type == nullptr) return "unknown Python error";
 
-  std::string name = "Exception";
-  if (PyType_Check(type)) {
-    const char* full = reinterpret_cast<PyTypeObject*>(type)->tp_name;
-    name = full != nullptr ? full : name;
-  }
-  std::string text = name;
+  std::string text = ExceptionTypeName(type);
   if (value != nullptr) {
     Ref str(PyObject_Str(value));
     const char* utf8 = str ? PyUnicode_AsUTF8(str.get()) : nullptr;
@@ -283,39 +292,68 @@ OrtStatusPtr Kernel::Init(const OrtKernelInfo* info) {
   return nullptr;
 }
 
-// Which attribute kind, if any, the node carries under `name`.
+// Which attribute kind the node carries under `name`: "" when it has none, a
+// KindName(), or "list" for an empty list (whose element kind ORT cannot tell).
+// ORT's scalar and tensor getters check the attribute's type, but its list
+// getters do not (they read the requested repeated field, empty for any other
+// type), so list kinds are told apart by which list is non-empty.
 std::string Kernel::ProbeAttributeKind(const OrtKernelInfo* info, const char* name) {
   auto ok = [this](OrtStatusPtr status) {
     if (status == nullptr) return true;
     api->ReleaseStatus(status);
     return false;
   };
+  size_t n_ints = 0;
+  // Fails only when the node has no attribute of that name.
+  if (!ok(api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &n_ints))) return "";
   int64_t i64 = 0;
   float f32 = 0;
   size_t size = 0;
   if (ok(api->KernelInfoGetAttribute_int64(info, name, &i64))) return "int";
   if (ok(api->KernelInfoGetAttribute_float(info, name, &f32))) return "float";
   if (ok(api->KernelInfoGetAttribute_string(info, name, nullptr, &size))) return "str";
-  if (ok(api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) return "ints";
-  if (ok(api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size))) return "floats";
   OrtAllocator* allocator = nullptr;
-  if (ok(api->GetAllocatorWithDefaultOptions(&allocator))) {
-    // With a null output pointer this only reports the size.
-    if (ok(api->KernelInfoGetAttributeArray_string(info, name, allocator, nullptr, &size))) {
-      return "strs";
-    }
-    OrtValue* tensor = nullptr;
-    if (ok(api->KernelInfoGetAttribute_tensor(info, name, allocator, &tensor))) {
-      api->ReleaseValue(tensor);
-      return "tensor";
-    }
+  if (!ok(api->GetAllocatorWithDefaultOptions(&allocator))) return "list";
+  OrtValue* tensor = nullptr;
+  if (ok(api->KernelInfoGetAttribute_tensor(info, name, allocator, &tensor))) {
+    api->ReleaseValue(tensor);
+    return "tensor";
   }
-  return "";
+  if (n_ints > 0) return "ints";
+  size_t n_floats = 0;
+  if (ok(api->KernelInfoGetAttributeArray_float(info, name, nullptr, &n_floats)) && n_floats > 0) {
+    return "floats";
+  }
+  size_t n_strings = 0;
+  // With a null output pointer this only reports the count.
+  if (ok(api->KernelInfoGetAttributeArray_string(info, name, allocator, nullptr, &n_strings)) &&
+      n_strings > 0) {
+    return "strs";
+  }
+  return "list";
 }
 
 OrtStatusPtr Kernel::ReadAttribute(const OrtKernelInfo* info, const AttrDef& attr,
                                    PyObject** out) {
   const char* name = attr.name.c_str();
+  const std::string present = ProbeAttributeKind(info, name);
+  if (present.empty()) {
+    if (attr.required) {
+      return Fail(ORT_INVALID_GRAPH, "the node lacks required attribute '" + attr.name + "' (" +
+                                         KindName(attr.kind) + "); " + Signature());
+    }
+    Py_INCREF(attr.default_value);
+    *out = attr.default_value;
+    return nullptr;
+  }
+  const bool list_kind = attr.kind == AttrKind::kInts || attr.kind == AttrKind::kFloats ||
+                         attr.kind == AttrKind::kStrings;
+  if (present != KindName(attr.kind) && !(present == "list" && list_kind)) {
+    return Fail(ORT_INVALID_GRAPH, "attribute '" + attr.name + "' is " + present +
+                                       " on the node, but the op declares it " +
+                                       KindName(attr.kind) + "; " + Signature());
+  }
+
   OrtStatusPtr status = nullptr;
   Ref value;
   switch (attr.kind) {
@@ -411,20 +449,8 @@ OrtStatusPtr Kernel::ReadAttribute(const OrtKernelInfo* info, const AttrDef& att
   }
 
   if (status != nullptr) {
-    std::string reason = TakeMessage(api, status);
-    std::string present = ProbeAttributeKind(info, name);
-    if (!present.empty()) {
-      return Fail(ORT_INVALID_GRAPH, "attribute '" + attr.name + "' is " + present +
-                                         " on the node, but the op declares it " +
-                                         KindName(attr.kind) + "; " + Signature());
-    }
-    if (attr.required) {
-      return Fail(ORT_INVALID_GRAPH, "the node lacks required attribute '" + attr.name + "' (" +
-                                         KindName(attr.kind) + "); " + Signature());
-    }
-    Py_INCREF(attr.default_value);
-    *out = attr.default_value;
-    return nullptr;
+    return Fail(ORT_INVALID_GRAPH,
+                "cannot read attribute '" + attr.name + "': " + TakeMessage(api, status));
   }
   if (!value) {
     return Fail(ORT_FAIL, "cannot convert attribute '" + attr.name + "': " + TakePythonError());
@@ -873,7 +899,7 @@ OrtStatusPtr Kernel::Run(OrtKernelContext* context) {
 void DropWithoutGil(OpDefPtr def) {
   if (def == nullptr) return;
   if (!PythonUsable()) {
-    new OpDefPtr(std::move(def));  // deliberately leaked
+    (void)new OpDefPtr(std::move(def));  // deliberately leaked
     return;
   }
   PyGILState_STATE gil = PyGILState_Ensure();
@@ -887,7 +913,7 @@ OrtStatusPtr ORT_API_CALL CreateKernelV2(const OrtCustomOp* op, const OrtApi* ap
                                          const OrtKernelInfo* info, void** kernel_out) {
   *kernel_out = nullptr;
   std::string layout;
-  OpDefPtr def = CurrentDefFor(static_cast<const HostOp*>(op), &layout);
+  OpDefPtr def = CurrentDefFor(op, &layout);
   std::string node_name;
   OrtStatusPtr name_status = ReadString(
       [&](char* out, size_t* size) { return api->KernelInfo_GetNodeName(info, out, size); },

@@ -6,10 +6,29 @@
 // them, and never says when that ends. So every ORT-facing object here lives for
 // the rest of the process. To keep that bounded they are shared: one Slot per
 // (domain, op_type, version) ever installed, one HostOp per distinct ORT-visible
-// signature of a slot, and one set of domains per registry layout. Python
+// signature of a slot, and one set of domains per distinct registration. Python
 // references, which can be large (closures over models), are NOT held by those
 // permanent objects: a slot holds the current definition, and each kernel takes
 // its own reference to the definition that was current when it was created.
+//
+// Versions. ORT builds a single schema per custom op name, whose since-version
+// is the first registered op's start version, and then only uses kernels that
+// start at that version: it cannot pick a kernel by the model's opset. So each
+// registration lists one version per op, with start version 1 (so that any
+// opset import finds it): the newest installed version not newer than the
+// model's opset for that domain when the Python side says which model the
+// session is for, else the newest installed version.
+//
+// Typed overloads. ORT types a node's outputs at session creation. For an output
+// that allows several element types it copies the type of the op's last input
+// that allows several types, ignoring what the model declares; only when no such
+// input exists does it take the model's declared type. So for nodes whose input
+// types are known (the Python side reads them from the model), the host also
+// registers overloads of the op whose inputs are fixed to those types, listed
+// before the generic op, and ORT then keeps the model's output types.
+//
+// Both of these come from the Python side through SetNextRegistration and apply
+// to the next RegisterCustomOps call only (the SessionOptions of that model).
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -17,6 +36,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <set>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -46,8 +66,8 @@ struct Slot {
 // passes back to each callback converts back with a static_cast.
 struct HostOp : OrtCustomOp {
   Slot* slot = nullptr;
+  std::vector<int> fixed_inputs;  // typed overload: input element types (0 = as generic)
   std::string layout;
-  int end_version = INT_MAX;
   std::vector<PortLayout> inputs;
   std::vector<PortLayout> outputs;
 };
@@ -97,11 +117,14 @@ void PortLayouts(const OpDef& def, std::vector<PortLayout>* inputs,
 struct Registry {
   std::mutex mutex;
   std::map<std::tuple<std::string, std::string, int>, Slot*> slots;
-  std::map<std::tuple<Slot*, std::string, int>, HostOp*> ops;
+  std::map<std::tuple<Slot*, std::string, std::vector<int>>, HostOp*> ops;
   // Bumped when the set of slots or any slot's ORT-visible layout changes.
   uint64_t layout_generation = 1;
-  uint64_t built_generation = 0;
-  std::vector<OrtCustomOpDomain*> domains;  // for built_generation
+  // Domains built per (layout generation, registration); older entries are kept
+  // alive because SessionOptions that registered them may still create sessions.
+  std::map<std::pair<uint64_t, NextRegistration>, std::vector<OrtCustomOpDomain*>> built;
+  // What the next RegisterCustomOps call registers beyond the defaults.
+  NextRegistration next;
   std::atomic<long> live_kernels{0};
 };
 
@@ -157,14 +180,15 @@ int ORT_API_CALL GetVariadicOutputHomogeneity(const OrtCustomOp* op) {
   const auto& ports = Self(op)->outputs;
   return ports.empty() ? 0 : ports.back().homogeneous;
 }
-int ORT_API_CALL GetStartVersion(const OrtCustomOp* op) { return Self(op)->slot->version; }
-int ORT_API_CALL GetEndVersion(const OrtCustomOp* op) { return Self(op)->end_version; }
+// Every registered op serves all opset versions (see "Versions" above).
+int ORT_API_CALL GetStartVersion(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL GetEndVersion(const OrtCustomOp*) { return INT_MAX; }
 
-// Returns the shared HostOp for (slot, its current layout, end_version).
-// Requires the registry mutex.
-HostOp* HostOpFor(Registry& reg, Slot* slot, int end_version) {
+// Returns the shared HostOp for (slot, its current layout), generic when
+// `fixed_inputs` is empty. Requires the registry mutex.
+HostOp* HostOpFor(Registry& reg, Slot* slot, const std::vector<int>& fixed_inputs) {
   const OpDef& def = *slot->current;
-  auto key = std::make_tuple(slot, def.layout, end_version);
+  auto key = std::make_tuple(slot, def.layout, fixed_inputs);
   auto it = reg.ops.find(key);
   if (it != reg.ops.end()) return it->second;
 
@@ -198,42 +222,54 @@ HostOp* HostOpFor(Registry& reg, Slot* slot, int end_version) {
 
   op->slot = slot;
   op->layout = def.layout;
-  op->end_version = end_version;
+  op->fixed_inputs = fixed_inputs;
   PortLayouts(def, &op->inputs, &op->outputs);
+  // Only the declared types change; characteristics must stay identical to the
+  // generic op's, or ORT rejects the overload set.
+  for (size_t i = 0; i < fixed_inputs.size() && i < op->inputs.size(); ++i) {
+    if (fixed_inputs[i] != 0 && op->inputs[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED) {
+      op->inputs[i].type = static_cast<ONNXTensorElementDataType>(fixed_inputs[i]);
+    }
+  }
   reg.ops.emplace(key, op);
   return op;
 }
 
-// Builds one OrtCustomOpDomain per domain name from the current slots.
-// Requires the registry mutex.
-OrtStatusPtr BuildDomains(Registry& reg, const OrtApi* api) {
-  std::map<std::string, std::vector<Slot*>> by_domain;
-  for (auto& entry : reg.slots) by_domain[entry.second->domain].push_back(entry.second);
+// Builds one OrtCustomOpDomain per domain name from the current slots, as
+// `next` asks. Requires the registry mutex.
+OrtStatusPtr BuildDomains(Registry& reg, const OrtApi* api, const NextRegistration& next,
+                          std::vector<OrtCustomOpDomain*>* out) {
+  // The one version of each op this registration uses.
+  std::map<std::string, std::map<std::string, Slot*>> chosen;  // domain -> op_type -> slot
+  for (auto& entry : reg.slots) {  // ordered by (domain, op_type, version)
+    Slot* slot = entry.second;
+    OpKey key(slot->domain, slot->op_type);
+    auto wanted = next.versions.find(key);
+    if (wanted != next.versions.end() && slot->version > wanted->second) continue;
+    chosen[slot->domain][slot->op_type] = slot;  // later (newer) versions win
+  }
 
-  std::vector<OrtCustomOpDomain*> domains;
-  for (auto& [name, slots] : by_domain) {
-    // ORT builds one schema per op name from the first op it sees, so list the
-    // versions of each op in ascending order.
-    std::sort(slots.begin(), slots.end(), [](const Slot* a, const Slot* b) {
-      return std::tie(a->op_type, a->version) < std::tie(b->op_type, b->version);
-    });
+  for (auto& [name, ops] : chosen) {
     OrtCustomOpDomain* domain = nullptr;
     if (OrtStatusPtr status = api->CreateCustomOpDomain(name.c_str(), &domain)) return status;
-    for (size_t i = 0; i < slots.size(); ++i) {
-      // A version of an op serves nodes up to the next installed version.
-      int end_version = INT_MAX;
-      if (i + 1 < slots.size() && slots[i + 1]->op_type == slots[i]->op_type) {
-        end_version = slots[i + 1]->version - 1;
+    for (auto& [op_type, slot] : ops) {
+      // Typed overloads first: ORT types outputs from the first op whose input
+      // types match the node, and its kernel lookup is content with any match.
+      auto typed = next.overloads.find(OpKey(name, op_type));
+      if (typed != next.overloads.end()) {
+        for (const auto& fixed : typed->second) {
+          if (fixed.size() != slot->current->inputs.size()) continue;
+          if (OrtStatusPtr status = api->CustomOpDomain_Add(domain, HostOpFor(reg, slot, fixed))) {
+            return status;
+          }
+        }
       }
-      HostOp* op = HostOpFor(reg, slots[i], end_version);
-      if (OrtStatusPtr status = api->CustomOpDomain_Add(domain, op)) return status;
+      if (OrtStatusPtr status = api->CustomOpDomain_Add(domain, HostOpFor(reg, slot, {}))) {
+        return status;
+      }
     }
-    domains.push_back(domain);
+    out->push_back(domain);
   }
-  // Earlier domains stay alive (leaked on purpose): SessionOptions that already
-  // registered them may still create sessions.
-  reg.domains = std::move(domains);
-  reg.built_generation = reg.layout_generation;
   return nullptr;
 }
 
@@ -291,11 +327,18 @@ std::vector<InstalledKey> InstalledKeys() {
   return keys;
 }
 
-OpDefPtr CurrentDefFor(const HostOp* op, std::string* layout_out) {
+OpDefPtr CurrentDefFor(const OrtCustomOp* op, std::string* layout_out) {
+  const HostOp* self = Self(op);
   Registry& reg = Reg();
   std::lock_guard<std::mutex> lock(reg.mutex);
-  *layout_out = op->layout;
-  return op->slot->current;
+  *layout_out = self->layout;
+  return self->slot->current;
+}
+
+void SetNextRegistration(NextRegistration next) {
+  Registry& reg = Reg();
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  reg.next = std::move(next);
 }
 
 long LiveKernelCount() { return Reg().live_kernels.load(); }
@@ -327,10 +370,17 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   try {
     Registry& reg = Reg();
     std::lock_guard<std::mutex> lock(reg.mutex);
-    if (reg.built_generation != reg.layout_generation) {
-      if (OrtStatusPtr status = opbridge_host::BuildDomains(reg, api)) return status;
+    auto key = std::make_pair(reg.layout_generation, std::move(reg.next));
+    reg.next = opbridge_host::NextRegistration();
+    auto it = reg.built.find(key);
+    if (it == reg.built.end()) {
+      std::vector<OrtCustomOpDomain*> built;
+      if (OrtStatusPtr status = opbridge_host::BuildDomains(reg, api, key.second, &built)) {
+        return status;
+      }
+      it = reg.built.emplace(std::move(key), std::move(built)).first;
     }
-    domains = reg.domains;
+    domains = it->second;
   } catch (const std::exception& e) {
     std::string message = std::string("opbridge kernel host: cannot register kernels: ") + e.what();
     return api->CreateStatus(ORT_FAIL, message.c_str());
