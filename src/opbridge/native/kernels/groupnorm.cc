@@ -59,20 +59,23 @@ OPBRIDGE_INLINE double HorizontalSum(const V8& v) {
   return s;
 }
 
-// Sum of x[0, n): two float vector accumulators per block, blocks added in double.
+// Sum of x[0, n): float vector accumulators per block, blocks added in double.
 OPBRIDGE_HOT double Sum(const float* x, size_t n) {
   double total = 0.0;
   for (size_t start = 0; start < n; start += kBlock) {
     const size_t len = std::min(kBlock, n - start);
     const float* p = x + start;
-    V8 a0 = {}, a1 = {};
+    // Four independent chains hide the add latency (one chain would be latency bound).
+    V8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
     size_t i = 0;
-    for (; i + 2 * kWidth <= len; i += 2 * kWidth) {
+    for (; i + 4 * kWidth <= len; i += 4 * kWidth) {
       a0 += Load(p + i);
       a1 += Load(p + i + kWidth);
+      a2 += Load(p + i + 2 * kWidth);
+      a3 += Load(p + i + 3 * kWidth);
     }
-    const V8 both = a0 + a1;
-    double block = HorizontalSum(both);
+    const V8 all = (a0 + a1) + (a2 + a3);
+    double block = HorizontalSum(all);
     for (; i < len; ++i) block += p[i];
     total += block;
   }
@@ -86,16 +89,20 @@ OPBRIDGE_HOT double SumSquaredDeviation(const float* x, size_t n, float mean) {
   for (size_t start = 0; start < n; start += kBlock) {
     const size_t len = std::min(kBlock, n - start);
     const float* p = x + start;
-    V8 a0 = {}, a1 = {};
+    V8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
     size_t i = 0;
-    for (; i + 2 * kWidth <= len; i += 2 * kWidth) {
+    for (; i + 4 * kWidth <= len; i += 4 * kWidth) {
       const V8 d0 = Load(p + i) - m;
       const V8 d1 = Load(p + i + kWidth) - m;
+      const V8 d2 = Load(p + i + 2 * kWidth) - m;
+      const V8 d3 = Load(p + i + 3 * kWidth) - m;
       a0 += d0 * d0;
       a1 += d1 * d1;
+      a2 += d2 * d2;
+      a3 += d3 * d3;
     }
-    const V8 both = a0 + a1;
-    double block = HorizontalSum(both);
+    const V8 all = (a0 + a1) + (a2 + a3);
+    double block = HorizontalSum(all);
     for (; i < len; ++i) {
       const double d = static_cast<double>(p[i]) - mean;
       block += d * d;
