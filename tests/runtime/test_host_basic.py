@@ -219,3 +219,23 @@ def test_python_errors_do_not_leak_into_the_caller(identity_session):
         session.run(None, {"x": np.zeros(2, dtype=np.float32)})
     # No Python exception may be left pending on this thread.
     assert sum(range(3)) == 3
+
+
+def test_a_missing_extension_is_reported_not_raised(monkeypatch):
+    import importlib.util
+    import sys
+
+    import opbridge.runtime
+
+    # A fresh copy of the module, in a process state where the extension is absent.
+    monkeypatch.setitem(sys.modules, "opbridge.runtime._host_ext", None)
+    monkeypatch.delattr(opbridge.runtime, "_host_ext", raising=False)
+    spec = importlib.util.spec_from_file_location("_host_copy", _host.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert copy.available() is False
+    assert "opbridge.runtime._host_ext is not importable" in copy.unavailable_reason()
+    with pytest.raises(RuntimeError, match="not importable"):
+        copy.library_path()
+    with pytest.raises(RuntimeError, match="not importable"):
+        copy.install([])

@@ -185,3 +185,35 @@ def test_sessions_created_concurrently(host, make_model, make_spec, make_session
         return run
 
     _run_threads([build_and_run(i) for i in range(4)])
+
+
+def test_tailored_registrations_stay_with_their_thread(host, domain, make_model, make_spec):
+    """register(model=...) in one thread, plain registrations in others, concurrently."""
+    host.install(
+        [
+            make_spec(domain, "Op", lambda x: x + 1, version=1),
+            make_spec(domain, "Op", lambda x: x + 5, version=5),
+        ]
+    )
+    node = helper.make_node("Op", ["x"], ["y"], domain=domain)
+    model = make_model([node], [("x", F, [2])], [("y", F, [2])], domain=domain, opset=1)
+    x = np.zeros(2, np.float32)
+
+    def session(tailored):
+        options = ort.SessionOptions()
+        if tailored:
+            host.register(options, model=model)
+        else:
+            options.register_custom_ops_library(host.library_path())
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def worker(tailored):
+        def run():
+            for _ in range(15):
+                (y,) = session(tailored).run(None, {"x": x})
+                # Opset 1 selects version 1 only in the tailored registration.
+                np.testing.assert_array_equal(y, x + (1 if tailored else 5))
+
+        return run
+
+    _run_threads([worker(True), worker(False), worker(True), worker(False)])

@@ -100,8 +100,6 @@ _ATTR_KINDS = {"int": 0, "float": 1, "str": 2, "ints": 3, "floats": 4, "strs": 5
 _lock = threading.Lock()
 _ext: ModuleType | None = None
 _import_error: str | None = None
-# Serializes register(): its typed overloads apply to the very next registration.
-_register_lock = threading.Lock()
 # Every installed spec by (domain, op_type, version), for reading a model's nodes.
 _specs: dict[tuple[str, str, int], KernelSpec] = {}
 
@@ -191,7 +189,8 @@ def register(
     registration is tailored to it: each op uses the newest installed version not
     newer than the model's opset for its domain, and typed overloads for its
     custom nodes make ONNX Runtime keep the output element types the model
-    declares (see the module docstring). That only affects this registration.
+    declares (see the module docstring). That only affects this registration, even
+    with other threads registering the host at the same time.
 
     Args:
         session_options: An ``onnxruntime.SessionOptions``.
@@ -202,20 +201,21 @@ def register(
         RuntimeError: The extension is not available.
     """
     ext = _require()
-    with _register_lock:
-        if specs:
-            install(specs)
-        overloads: dict[tuple[str, str], list[tuple[int, ...]]] = {}
-        versions: dict[tuple[str, str], int] = {}
-        if model is not None:
-            proto = _as_model(model)
-            versions = _model_versions(proto)
-            overloads = node_overloads(proto)
-        ext.set_next_registration(overloads or None, versions or None)
-        try:
-            session_options.register_custom_ops_library(library_path())
-        finally:
-            ext.set_next_registration(None, None)
+    if specs:
+        install(specs)
+    overloads: dict[tuple[str, str], list[tuple[int, ...]]] = {}
+    versions: dict[tuple[str, str], int] = {}
+    if model is not None:
+        proto = _as_model(model)
+        versions = _model_versions(proto)
+        overloads = node_overloads(proto)
+    # Applies to this thread's next RegisterCustomOps call, which ONNX Runtime makes
+    # synchronously inside register_custom_ops_library below.
+    ext.set_next_registration(overloads or None, versions or None)
+    try:
+        session_options.register_custom_ops_library(library_path())
+    finally:
+        ext.set_next_registration(None, None)
 
 
 def _as_model(model: onnx.ModelProto | bytes | str | os.PathLike[str]) -> onnx.ModelProto:

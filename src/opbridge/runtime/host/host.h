@@ -112,7 +112,7 @@ std::vector<InstalledKey> InstalledKeys();
 
 using OpKey = std::pair<std::string, std::string>;  // (domain, op_type)
 
-// What the next RegisterCustomOps call registers (see registry.cc).
+// What the calling thread's next RegisterCustomOps call registers (see registry.cc).
 struct NextRegistration {
   // Per op: input element types of typed overloads (0 = leave that input generic).
   std::map<OpKey, std::set<std::vector<int>>> overloads;

@@ -5,7 +5,7 @@
 //   install(defs)      add or replace kernel definitions (see ParseOpDef)
 //   installed()        [(domain, op_type, version), ...]
 //   set_next_registration(overloads, versions)
-//                      what the next RegisterCustomOps call registers
+//                      what this thread's next RegisterCustomOps call registers
 //   live_kernels()     number of ORT kernel instances alive (for leak tests)
 //   ORT_API_VERSION    ORT C API version the host was compiled against
 //   bfloat16_dtype     numpy dtype used for bfloat16 (ml_dtypes) or uint16
@@ -302,8 +302,8 @@ PyMethodDef kMethods[] = {
     {"installed", Installed, METH_NOARGS,
      "installed() -> list[tuple[str, str, int]]\n\n(domain, op_type, version) of each definition."},
     {"set_next_registration", SetNextRegistrationPy, METH_VARARGS,
-     "set_next_registration(overloads, versions) -> None\n\nFor the next RegisterCustomOps "
-     "call only: typed overloads {(domain, op_type): [input element types, ...]} and the "
+     "set_next_registration(overloads, versions) -> None\n\nFor this thread's next "
+     "RegisterCustomOps call only: typed overloads {(domain, op_type): [input element types, ...]} and the "
      "model's opset per op {(domain, op_type): version}; each may be None."},
     {"live_kernels", LiveKernels, METH_NOARGS,
      "live_kernels() -> int\n\nNumber of kernel instances ONNX Runtime currently holds."},

@@ -28,7 +28,10 @@
 // before the generic op, and ORT then keeps the model's output types.
 //
 // Both of these come from the Python side through SetNextRegistration and apply
-// to the next RegisterCustomOps call only (the SessionOptions of that model).
+// to the next RegisterCustomOps call made on the same thread only: ORT calls
+// RegisterCustomOps synchronously from register_custom_ops_library, so that is
+// the registration of that model's SessionOptions, even while other threads
+// register the host on their own SessionOptions.
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -38,6 +41,7 @@
 #include <new>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -123,8 +127,8 @@ struct Registry {
   // Domains built per (layout generation, registration); older entries are kept
   // alive because SessionOptions that registered them may still create sessions.
   std::map<std::pair<uint64_t, NextRegistration>, std::vector<OrtCustomOpDomain*>> built;
-  // What the next RegisterCustomOps call registers beyond the defaults.
-  NextRegistration next;
+  // Per thread, what its next RegisterCustomOps call registers beyond the defaults.
+  std::map<std::thread::id, NextRegistration> next;
   std::atomic<long> live_kernels{0};
 };
 
@@ -338,7 +342,11 @@ OpDefPtr CurrentDefFor(const OrtCustomOp* op, std::string* layout_out) {
 void SetNextRegistration(NextRegistration next) {
   Registry& reg = Reg();
   std::lock_guard<std::mutex> lock(reg.mutex);
-  reg.next = std::move(next);
+  if (next.overloads.empty() && next.versions.empty()) {
+    reg.next.erase(std::this_thread::get_id());
+  } else {
+    reg.next[std::this_thread::get_id()] = std::move(next);
+  }
 }
 
 long LiveKernelCount() { return Reg().live_kernels.load(); }
@@ -370,8 +378,13 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   try {
     Registry& reg = Reg();
     std::lock_guard<std::mutex> lock(reg.mutex);
-    auto key = std::make_pair(reg.layout_generation, std::move(reg.next));
-    reg.next = opbridge_host::NextRegistration();
+    opbridge_host::NextRegistration next;
+    auto mine = reg.next.find(std::this_thread::get_id());
+    if (mine != reg.next.end()) {
+      next = std::move(mine->second);
+      reg.next.erase(mine);
+    }
+    auto key = std::make_pair(reg.layout_generation, std::move(next));
     auto it = reg.built.find(key);
     if (it == reg.built.end()) {
       std::vector<OrtCustomOpDomain*> built;
