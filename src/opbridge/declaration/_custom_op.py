@@ -146,18 +146,33 @@ class CustomOpDef:
         self._lowering = Lowering(self.qualified_name, fn, function_domain)
         return fn
 
-    def register_native_kernel(self, library: str | Path) -> None:
-        """Names the native library (a built ``.so``) that implements ``domain::op_type``.
+    def register_native_kernel(self, library: str | Path) -> Path:
+        """Names the C++ kernel of ``domain::op_type``: a built library or its sources.
 
+        ``library`` is a shared library (from :func:`opbridge.build_library`,
+        :func:`opbridge.load_inline` or your own build) or a ``.cc``/``.cpp`` file
+        written against ``<opbridge/ort_kernel.h>``, which is built (and cached) now.
         ``opbridge.Session`` then loads that library and runs the node without Python.
+
+        Returns:
+            The library's path.
         """
         path = Path(library)
+        if path.suffix in (".cc", ".cpp", ".cxx", ".c++"):
+            from opbridge.native import build_library
+
+            if not path.is_file():
+                raise DeclarationError(
+                    f"Native kernel source for {self.onnx_name}: no file '{path}'"
+                )
+            path = build_library(f"{self.namespace}_{self.name}", [path])
         if not path.is_file():
             raise DeclarationError(
                 f"Native kernel library for {self.onnx_name} not found at '{path}'. "
                 f"Build one with opbridge.build_library(...) or opbridge.load_inline(...)."
             )
         self._native_library = path
+        return path
 
     @property
     def native_library(self) -> Path | None:
