@@ -101,9 +101,30 @@ def test_a_kept_input_view_is_detached_and_warned_about(identity_session):
         warnings.simplefilter("always")
         session.run(None, {"x": np.array([1, 2, 3], np.float32)})
     assert any("kept a reference to input 0" in str(w.message) for w in caught)
-    assert kept[0].flags.owndata is False
+    # Detached: it now views a private copy (its base) instead of ORT's buffer.
+    assert kept[0].base is not None
     # It now views a private copy: later runs (which reuse ORT's memory) and the
     # caller's buffer changing do not affect it.
+    for _ in range(3):
+        session.run(None, {"x": np.array([7, 8, 9], np.float32)})
+    np.testing.assert_array_equal(kept[0], [1, 2, 3])
+
+
+def test_a_view_kept_by_a_failing_kernel_is_detached_without_warning(identity_session):
+    kept = []
+
+    def compute(x):
+        if not kept:
+            kept.append(x)
+            raise ValueError("failed after keeping its input")
+        return x
+
+    session = identity_session(compute, shape=[3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(Exception, match="failed after keeping its input"):
+            session.run(None, {"x": np.array([1, 2, 3], np.float32)})
+    assert kept[0].base is not None
     for _ in range(3):
         session.run(None, {"x": np.array([7, 8, 9], np.float32)})
     np.testing.assert_array_equal(kept[0], [1, 2, 3])

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
@@ -197,6 +198,8 @@ struct Kernel {
   OrtStatusPtr ReadAttribute(const OrtKernelInfo* info, const AttrDef& attr, PyObject** out);
   std::string ProbeAttributeKind(const OrtKernelInfo* info, const char* name);
   OrtStatusPtr Run(OrtKernelContext* context);
+  OrtStatusPtr CallAndWrite(OrtKernelContext* context, PyObject* const* args, size_t n_positional,
+                            size_t n_outputs);
   OrtStatusPtr MakeInput(const OrtValue* value, size_t index, PyObject** out);
   OrtStatusPtr WriteOutput(OrtKernelContext* context, size_t index, PyObject* item);
 };
@@ -673,7 +676,8 @@ bool Allowed(const IODef& io, PyArrayObject* array) {
 
 OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObject* item) {
   const IODef& io = def->outputs[SpecIndex(def->outputs, index)];
-  std::string label = "output " + std::to_string(index) + " ('" + io.name + "')";
+  // Built only on the error paths: this function is on every call's hot path.
+  auto label = [&] { return "output " + std::to_string(index) + " ('" + io.name + "')"; };
 
   Ref array_ref;
   if (PyArray_Check(item)) {
@@ -682,31 +686,31 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
   } else if (PyArray_IsScalar(item, Generic)) {
     // numpy scalars (e.g. from x.sum()) are 0-d arrays with a definite dtype.
     array_ref = Ref(PyArray_FromScalar(item, nullptr));
-    if (!array_ref) return Fail(ORT_FAIL, label + ": " + TakePythonError());
+    if (!array_ref) return Fail(ORT_FAIL, label() + ": " + TakePythonError());
   } else {
     std::string got = item == Py_None ? "None" : Py_TYPE(item)->tp_name;
-    return Fail(ORT_FAIL, label + " must be a numpy.ndarray, got " + got + "; " + Signature());
+    return Fail(ORT_FAIL, label() + " must be a numpy.ndarray, got " + got + "; " + Signature());
   }
   auto* array = reinterpret_cast<PyArrayObject*>(array_ref.get());
 
   if (!Allowed(io, array)) {
-    return Fail(ORT_FAIL, label + " has dtype " + DtypeName(array) + ", but the op declares " +
+    return Fail(ORT_FAIL, label() + " has dtype " + DtypeName(array) + ", but the op declares " +
                               AllowedTypes(io) + "; " + Signature());
   }
   int rank = PyArray_NDIM(array);
   if (index < output_rank.size() && output_rank[index] >= 0 && output_rank[index] != rank) {
-    return Fail(ORT_FAIL, label + " has rank " + std::to_string(rank) + ", but the model declares rank " +
+    return Fail(ORT_FAIL, label() + " has rank " + std::to_string(rank) + ", but the model declares rank " +
                               std::to_string(output_rank[index]) + "; " + Signature());
   }
 
-  std::vector<int64_t> dims(static_cast<size_t>(rank));
+  int64_t dims[NPY_MAXDIMS];
   for (int i = 0; i < rank; ++i) dims[i] = static_cast<int64_t>(PyArray_DIM(array, i));
   OrtValue* value = nullptr;
-  if (OrtStatusPtr status =
-          api->KernelContext_GetOutput(context, index, dims.data(), dims.size(), &value)) {
-    return Fail(ORT_FAIL, "cannot allocate " + label + ": " + TakeMessage(api, status));
+  if (OrtStatusPtr status = api->KernelContext_GetOutput(context, index, dims,
+                                                         static_cast<size_t>(rank), &value)) {
+    return Fail(ORT_FAIL, "cannot allocate " + label() + ": " + TakeMessage(api, status));
   }
-  if (value == nullptr) return Fail(ORT_FAIL, "ORT gave no buffer for " + label);
+  if (value == nullptr) return Fail(ORT_FAIL, "ORT gave no buffer for " + label());
 
   // The node's element type (from the model or ORT's inference) is what ORT
   // allocated; the result must match it exactly, no silent casts.
@@ -714,10 +718,10 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
   const int64_t* shape = nullptr;
   size_t nd = 0;
   if (OrtStatusPtr status = api->GetTensorElementTypeAndShapeDataReference(value, &ort_type, &shape, &nd)) {
-    return Fail(ORT_FAIL, label + ": " + TakeMessage(api, status));
+    return Fail(ORT_FAIL, label() + ": " + TakeMessage(api, status));
   }
   if (!Matches(array, ort_type)) {
-    return Fail(ORT_FAIL, label + " has dtype " + DtypeName(array) + ", but the node's output is " +
+    return Fail(ORT_FAIL, label() + " has dtype " + DtypeName(array) + ", but the node's output is " +
                               TypeName(ort_type) + "; " + Signature());
   }
 
@@ -725,7 +729,7 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
     // ORT owns std::string elements; they can only be filled from C strings.
     Ref flat(PyArray_Ravel(array, NPY_CORDER));
     Ref items(flat ? PyArray_ToList(reinterpret_cast<PyArrayObject*>(flat.get())) : nullptr);
-    if (!items) return Fail(ORT_FAIL, label + ": " + TakePythonError());
+    if (!items) return Fail(ORT_FAIL, label() + ": " + TakePythonError());
     Py_ssize_t n = PyList_GET_SIZE(items.get());
     std::vector<const char*> pointers(static_cast<size_t>(n));
     std::vector<Ref> keep;  // encoded bytes for the duration of the fill
@@ -733,19 +737,19 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
       PyObject* element = PyList_GET_ITEM(items.get(), i);
       if (PyUnicode_Check(element)) {
         Ref encoded(PyUnicode_AsEncodedString(element, "utf-8", "surrogateescape"));
-        if (!encoded) return Fail(ORT_FAIL, label + ": " + TakePythonError());
+        if (!encoded) return Fail(ORT_FAIL, label() + ": " + TakePythonError());
         pointers[i] = PyBytes_AS_STRING(encoded.get());
         keep.push_back(std::move(encoded));
       } else if (PyBytes_Check(element)) {
         pointers[i] = PyBytes_AS_STRING(element);
       } else {
-        return Fail(ORT_FAIL, label + " is a string output, but element " + std::to_string(i) +
+        return Fail(ORT_FAIL, label() + " is a string output, but element " + std::to_string(i) +
                                   " is " + Py_TYPE(element)->tp_name + ", not str or bytes");
       }
     }
     if (n > 0) {
       if (OrtStatusPtr status = api->FillStringTensor(value, pointers.data(), pointers.size())) {
-        return Fail(ORT_FAIL, label + ": " + TakeMessage(api, status));
+        return Fail(ORT_FAIL, label() + ": " + TakeMessage(api, status));
       }
     }
     return nullptr;
@@ -755,7 +759,7 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
   if (nbytes == 0) return nullptr;
   void* target = nullptr;
   if (OrtStatusPtr status = api->GetTensorMutableData(value, &target)) {
-    return Fail(ORT_FAIL, label + ": " + TakeMessage(api, status));
+    return Fail(ORT_FAIL, label() + ": " + TakeMessage(api, status));
   }
   const void* source = PyArray_DATA(array);
   if (source == target) return nullptr;  // already in place
@@ -777,7 +781,7 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
                                        target, NPY_ARRAY_CARRAY, nullptr));
   if (!destination ||
       PyArray_CopyInto(reinterpret_cast<PyArrayObject*>(destination.get()), array) < 0) {
-    return Fail(ORT_FAIL, "cannot copy " + label + ": " + TakePythonError());
+    return Fail(ORT_FAIL, "cannot copy " + label() + ": " + TakePythonError());
   }
   return nullptr;
 }
@@ -785,7 +789,7 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
 // Input views must not outlive the call (ORT reuses their memory). A kernel
 // that kept one gets it switched to a private copy and a warning; views derived
 // from it cannot be redirected, which is what the warning says.
-bool DetachRetainedView(PyObject* array, const std::string& where, size_t index) {
+bool DetachRetainedView(PyObject* array, const std::string& where, size_t index, bool warn) {
   if (Py_REFCNT(array) <= 1) return true;
   auto* view = reinterpret_cast<PyArrayObject*>(array);
   // Only the views made by MakeInput (no base, not owning their data) are ORT's.
@@ -795,6 +799,7 @@ bool DetachRetainedView(PyObject* array, const std::string& where, size_t index)
   reinterpret_cast<PyArrayObject_fields*>(view)->data =
       static_cast<char*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(copy)));
   if (PyArray_SetBaseObject(view, copy) < 0) return false;  // steals `copy`
+  if (!warn) return true;
   return PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
                           "opbridge kernel host: %s kept a reference to input %zu after "
                           "returning; it now holds a private copy, but arrays derived from "
@@ -818,13 +823,23 @@ OrtStatusPtr Kernel::Run(OrtKernelContext* context) {
   const size_t n_attrs = attr_values.size();
 
   // Slot 0 stays free so that the callee may use PY_VECTORCALL_ARGUMENTS_OFFSET.
-  std::vector<PyObject*> args(1 + n_positional + n_attrs, nullptr);
+  // Small calls (the common case) keep the argument array on the stack.
+  const size_t n_args = 1 + n_positional + n_attrs;
+  PyObject* stack_args[16];
+  std::vector<PyObject*> heap_args;
+  PyObject** args = stack_args;
+  if (n_args > std::size(stack_args)) {
+    heap_args.resize(n_args);
+    args = heap_args.data();
+  }
+  std::fill(args, args + n_args, nullptr);
   struct ArgsGuard {
-    std::vector<PyObject*>& args;
+    PyObject** args;
+    size_t n;
     ~ArgsGuard() {
-      for (PyObject* arg : args) Py_XDECREF(arg);
+      for (size_t i = 0; i < n; ++i) Py_XDECREF(args[i]);
     }
-  } guard{args};
+  } guard{args, n_args};
 
   for (size_t i = 0; i < n_positional; ++i) {
     const OrtValue* value = nullptr;
@@ -847,51 +862,51 @@ OrtStatusPtr Kernel::Run(OrtKernelContext* context) {
     if (args[1 + n_positional + j] == nullptr) return Fail(ORT_FAIL, TakePythonError());
   }
 
-  OrtStatusPtr result_status = nullptr;
-  {
-    Ref result(PyObject_Vectorcall(d.compute, args.data() + 1,
-                                   n_positional | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                   n_attrs ? d.kwnames : nullptr));
-    if (!result) {
-      return Fail(ORT_RUNTIME_EXCEPTION, "the kernel raised " + TakePythonError());
-    }
+  OrtStatusPtr status = CallAndWrite(context, args + 1, n_positional, n_outputs);
 
-    // Collect the results: a single array, or a tuple/list with one per output.
-    const bool variadic_out = HasVariadic(d.outputs);
-    std::vector<PyObject*> items;  // borrowed from `result`
-    if (PyTuple_Check(result.get()) || PyList_Check(result.get())) {
-      Py_ssize_t n = PySequence_Fast_GET_SIZE(result.get());
-      PyObject** seq = PySequence_Fast_ITEMS(result.get());
-      items.assign(seq, seq + n);
-    } else {
-      items.push_back(result.get());
-    }
-    const size_t expected = variadic_out ? n_outputs : d.outputs.size();
-    if (items.size() != expected) {
-      std::string what = items.size() == 1 && !(PyTuple_Check(result.get()) || PyList_Check(result.get()))
-                             ? std::string("1 value (") + Py_TYPE(result.get())->tp_name + ")"
-                             : std::to_string(items.size()) + " values";
-      return Fail(ORT_FAIL, "the kernel returned " + what + ", expected " +
-                                std::to_string(expected) + (variadic_out ? " (one per node output)" : "") +
-                                "; " + Signature());
-    }
-    for (size_t j = 0; j < n_outputs && j < items.size(); ++j) {
-      if (j < output_present.size() && !output_present[j]) continue;  // node does not use it
-      result_status = WriteOutput(context, j, items[j]);
-      if (result_status != nullptr) break;
-    }
-  }
-
-  // Every reference this call made is about to go; anything beyond ours means
-  // the kernel kept an input view.
+  // Every reference this call made is gone by now (the exception and its
+  // traceback included); anything beyond ours means the kernel kept an input view.
   for (size_t i = 0; i < n_positional; ++i) {
     PyObject* arg = args[1 + i];
     if (arg == Py_None || !PyArray_Check(arg)) continue;
-    if (!DetachRetainedView(arg, where, i) && result_status == nullptr) {
-      result_status = Fail(ORT_FAIL, TakePythonError());
+    // Only successful calls warn: a failed call's frames may linger in a
+    // reference cycle until the garbage collector runs.
+    if (!DetachRetainedView(arg, where, i, /*warn=*/status == nullptr) && status == nullptr) {
+      status = Fail(ORT_FAIL, TakePythonError());
     }
   }
-  return result_status;
+  return status;
+}
+
+OrtStatusPtr Kernel::CallAndWrite(OrtKernelContext* context, PyObject* const* args,
+                                  size_t n_positional, size_t n_outputs) {
+  const OpDef& d = *def;
+  Ref result(PyObject_Vectorcall(d.compute, args, n_positional | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                 attr_values.empty() ? nullptr : d.kwnames));
+  if (!result) return Fail(ORT_RUNTIME_EXCEPTION, "the kernel raised " + TakePythonError());
+
+  // A single array, or a tuple/list with one entry per output (borrowed).
+  PyObject* single[1] = {result.get()};
+  PyObject* const* items = single;
+  size_t n_items = 1;
+  const bool sequence = PyTuple_Check(result.get()) || PyList_Check(result.get());
+  if (sequence) {
+    items = PySequence_Fast_ITEMS(result.get());
+    n_items = static_cast<size_t>(PySequence_Fast_GET_SIZE(result.get()));
+  }
+  const bool variadic_out = HasVariadic(d.outputs);
+  const size_t expected = variadic_out ? n_outputs : d.outputs.size();
+  if (n_items != expected) {
+    std::string what = sequence ? std::to_string(n_items) + " values"
+                                : std::string("1 value (") + Py_TYPE(result.get())->tp_name + ")";
+    return Fail(ORT_FAIL, "the kernel returned " + what + ", expected " + std::to_string(expected) +
+                              (variadic_out ? " (one per node output)" : "") + "; " + Signature());
+  }
+  for (size_t j = 0; j < n_outputs && j < n_items; ++j) {
+    if (j < output_present.size() && !output_present[j]) continue;  // node does not use it
+    if (OrtStatusPtr status = WriteOutput(context, j, items[j])) return status;
+  }
+  return nullptr;
 }
 
 // Releases a definition from a thread that does not hold the GIL: the last
