@@ -187,7 +187,8 @@ def register(
     ``session_options.register_custom_ops_library(library_path())``, which gives
     every op its newest installed version. When ``model`` is given, the
     registration is tailored to it: each op uses the newest installed version not
-    newer than the model's opset for its domain, and typed overloads for its
+    newer than the model's opset for its domain (the oldest if all are newer, as
+    a registration without the model would accept too), and typed overloads for its
     custom nodes make ONNX Runtime keep the output element types the model
     declares (see the module docstring). That only affects this registration, even
     with other threads registering the host at the same time.
@@ -240,9 +241,11 @@ def _specs_for(model: onnx.ModelProto) -> dict[tuple[str, str], KernelSpec]:
     chosen: dict[tuple[str, str], KernelSpec] = {}
     with _lock:
         for (domain, op_type, version), spec in sorted(_specs.items(), key=lambda kv: kv[0]):
-            limit = versions.get((domain, op_type))
-            if limit is None or version <= limit:
-                chosen[(domain, op_type)] = spec
+            key = (domain, op_type)
+            limit = versions.get(key)
+            # Same rule as the host's registration: newest fitting, else the oldest.
+            if key not in chosen or limit is None or version <= limit:
+                chosen[key] = spec
     return chosen
 
 

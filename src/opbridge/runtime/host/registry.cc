@@ -17,7 +17,8 @@
 // registration lists one version per op, with start version 1 (so that any
 // opset import finds it): the newest installed version not newer than the
 // model's opset for that domain when the Python side says which model the
-// session is for, else the newest installed version.
+// session is for (the oldest one if all are newer), else the newest installed
+// version.
 //
 // Typed overloads. ORT types a node's outputs at session creation. For an output
 // that allows several element types it copies the type of the op's last input
@@ -243,14 +244,16 @@ HostOp* HostOpFor(Registry& reg, Slot* slot, const std::vector<int>& fixed_input
 // `next` asks. Requires the registry mutex.
 OrtStatusPtr BuildDomains(Registry& reg, const OrtApi* api, const NextRegistration& next,
                           std::vector<OrtCustomOpDomain*>* out) {
-  // The one version of each op this registration uses.
+  // The one version of each op this registration uses: the newest not above the
+  // model's opset; when every installed version is newer, the oldest one (what a
+  // registration without the model would accept as well).
   std::map<std::string, std::map<std::string, Slot*>> chosen;  // domain -> op_type -> slot
   for (auto& entry : reg.slots) {  // ordered by (domain, op_type, version)
     Slot* slot = entry.second;
-    OpKey key(slot->domain, slot->op_type);
-    auto wanted = next.versions.find(key);
-    if (wanted != next.versions.end() && slot->version > wanted->second) continue;
-    chosen[slot->domain][slot->op_type] = slot;  // later (newer) versions win
+    Slot*& current = chosen[slot->domain][slot->op_type];
+    auto wanted = next.versions.find(OpKey(slot->domain, slot->op_type));
+    const bool fits = wanted == next.versions.end() || slot->version <= wanted->second;
+    if (current == nullptr || fits) current = slot;  // newer fitting versions win
   }
 
   for (auto& [name, ops] : chosen) {
