@@ -33,6 +33,9 @@ Conventions kernels see:
   overloads with the input types of the model's nodes, so that ONNX Runtime keeps
   the output types the model declares. The kernel's result must match the
   node's output type exactly; nothing is cast.
+* Versions: ONNX Runtime cannot choose a custom kernel by the model's opset, so
+  each registration carries one version per op: the newest installed, or with
+  ``register(model=...)`` the newest not above the model's opset for the domain.
 
 Threading: ONNX Runtime runs Compute without the GIL on the thread of
 ``session.run`` or on its inter-op pool; the host takes the GIL itself, so
