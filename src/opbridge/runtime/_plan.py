@@ -6,10 +6,9 @@ import dataclasses
 import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import onnx
-from onnx import helper
 
 from opbridge._errors import SessionError
 from opbridge._registry import REGISTRY
@@ -114,23 +113,6 @@ def _io_types(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> tuple[tupl
     )  # type: ignore[return-value]
 
 
-def _with_output_types(spec: KernelSpec, node_types: list[tuple[Any, Any]]) -> KernelSpec:
-    """Fixes each output's element type to the one the model states, when unique.
-
-    ONNX Runtime needs a custom op's output type up front; without it, it takes
-    the type of an input, which is wrong for ops like float -> int32.
-    """
-    outputs = []
-    for j, out in enumerate(spec.outputs):
-        seen = {types[1][j] for types in node_types if j < len(types[1]) and types[1][j]}
-        if out.dtypes or len(seen) != 1:
-            outputs.append(out)
-            continue
-        dtype = helper.tensor_dtype_to_np_dtype(seen.pop()).name
-        outputs.append(dataclasses.replace(out, dtypes=(dtype,)))
-    return dataclasses.replace(spec, outputs=tuple(outputs))
-
-
 def plan_kernels(
     model: onnx.ModelProto | None,
     *,
@@ -175,7 +157,6 @@ def plan_kernels(
                 spec = op.kernel_spec()
                 if inferred is not None and nodes:
                     io_types[key] = _io_types(inferred, nodes)  # type: ignore[assignment]
-                    spec = _with_output_types(spec, [_io_types(inferred, [n]) for n in nodes])
                 specs.append(spec)
                 sources[key] = KernelSource(key, "python", spec.origin)
             continue

@@ -91,20 +91,24 @@ def _runnable(proto: onnx.ModelProto, data: bytes) -> tuple[bytes, list[str]]:
     return copy.SerializeToString(), notes
 
 
-def _configure(options: ort.SessionOptions, plan: KernelPlan) -> str | None:
+def _configure(
+    options: ort.SessionOptions, plan: KernelPlan, model: onnx.ModelProto | None
+) -> str | None:
     """Registers the plan's kernels with ``options``; returns the Python route's name."""
     if plan.missing:
         raise SessionError(_plan.missing_kernel_message(plan))
-    # Custom domains may be stamped with any version (custom_opsets={"com.microsoft": 5}).
+    # Custom domains may be stamped with any version (custom_opsets={"mydomain": 5}).
     options.add_session_config_entry("session.allow_released_opsets_only", "0")
     route = None
     if plan.specs:
         provider = kernel_provider()
         if provider.__name__.endswith("_ortx"):
             provider.install(plan.specs, io_types=plan.io_types)
+            options.register_custom_ops_library(provider.library_path())
         else:
-            provider.install(plan.specs)
-        options.register_custom_ops_library(provider.library_path())
+            # With the model, the host fixes each node's types and picks op versions
+            # by the model's opsets.
+            provider.register(options, plan.specs, model=model)
         route = provider.name
     for library in plan.libraries:
         options.register_custom_ops_library(str(library))
@@ -134,7 +138,7 @@ def session_options(
     """
     proto = _load(model)[0] if model is not None else None
     options = options or ort.SessionOptions()
-    _configure(options, plan_kernels(proto, libraries=[Path(p) for p in libraries]))
+    _configure(options, plan_kernels(proto, libraries=[Path(p) for p in libraries]), proto)
     return options
 
 
@@ -170,7 +174,7 @@ class Session:
             options = ort.SessionOptions()
             options.log_severity_level = 3  # errors only; ORT's warnings are not the user's
         self._options = options
-        self._route = _configure(self._options, self._plan)
+        self._route = _configure(self._options, self._plan, proto)
         try:
             self._session = ort.InferenceSession(
                 data,
