@@ -24,9 +24,10 @@ import torch
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples" / "cpp_extension"))
 
+from load_extension import load_custom_group_norm, qualified_name  # noqa: E402
+
 import opbridge  # noqa: E402
 import opbridge.native  # noqa: E402
-from build import load_custom_group_norm, qualified_name  # noqa: E402
 
 # Random shapes for the eager check: (shape, groups).
 EAGER_CASES = [((3, 2, 1, 2), 2), ((2, 6, 5, 7), 3), ((4, 8), 4), ((2, 4, 3, 3, 3), 1)]

@@ -1,10 +1,10 @@
 """Build and load the seed's C++ group norm operator with torch.utils.cpp_extension.
 
-    python examples/cpp_extension/build.py            # builds both forms, runs a check
+    python examples/cpp_extension/load_extension.py            # builds both forms, runs a check
 
 or, from Python::
 
-    from build import load_custom_group_norm
+    from load_extension import load_custom_group_norm
     op = load_custom_group_norm("torch_library")      # torch.ops.mynamespace_lib.custom_group_norm
 
 Two forms of one source (``custom_group_norm.cpp``):
