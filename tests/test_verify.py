@@ -20,6 +20,7 @@ def test_report_fields_and_text() -> None:
     report = opbridge.verify(Twice(), (torch.randn(3, 4),))
     assert report.passed
     assert report.max_abs_diff == 0.0 and report.max_rel_diff == 0.0
+    assert report.rows is report.outputs and len(report.rows) == 2
     assert [o.dtype for o in report.outputs] == ["float32", "int64"]
     assert report.outputs[1].rtol == 0.0 and report.outputs[1].atol == 0.0
     assert report.model.graph.node

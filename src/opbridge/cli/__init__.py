@@ -16,6 +16,12 @@ __all__ = ["main"]
 _COMMANDS = ("export", "verify", "run", "inspect", "build", "demo")
 
 
+def _version() -> str:
+    from opbridge import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opbridge",
@@ -27,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "repeatable",
     )  # fmt: skip
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on error")
+    parser.add_argument("--version", action="version", version=f"opbridge {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMANDS:
         module = importlib.import_module(f"opbridge.cli.{name}")

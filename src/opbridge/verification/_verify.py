@@ -65,6 +65,11 @@ class VerificationReport:
     session: str
 
     @property
+    def rows(self) -> list[OutputComparison]:
+        """The per-output rows (same as :attr:`outputs`)."""
+        return self.outputs
+
+    @property
     def max_abs_diff(self) -> float:
         return max((o.max_abs_diff for o in self.outputs), default=0.0)
 
