@@ -172,7 +172,8 @@ class Session:
         self._plan = plan_kernels(proto, libraries=[Path(p) for p in libraries])
         if options is None:
             options = ort.SessionOptions()
-            options.log_severity_level = 3  # errors only; ORT's warnings are not the user's
+            # Failures reach the user as exceptions; ORT would also log them to stderr.
+            options.log_severity_level = 4
         self._options = options
         self._route = _configure(self._options, self._plan, proto)
         try:
