@@ -35,11 +35,11 @@ def _run(args: argparse.Namespace) -> int:
                 passed += 1
                 assert result.report is not None
                 print("\n".join("    " + line for line in str(result.report).splitlines()))
-                print(f"    ok in {took:.1f}s", flush=True)
+                print(f"    ok in {took:.2f}s", flush=True)
             else:
                 failed += 1
                 detail = result.error or str(result.report)
-                print(f"    FAILED in {took:.1f}s: {detail}", flush=True)
+                print(f"    FAILED in {took:.2f}s: {detail}", flush=True)
     print(f"demo: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 
