@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh test
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/ruff format --check src tests benchmarks examples
+.venv/bin/mypy
 exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"

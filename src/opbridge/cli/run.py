@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 from onnx import helper
@@ -30,11 +31,12 @@ def _run(args: argparse.Namespace) -> int:
         for k, name in enumerate(session.input_names):
             t = graph_inputs[name].type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-            shape = shapes[k] if k < len(shapes) else None
-            if shape is None:
-                if any(d is None for d in dims):
-                    raise CliError(f"input '{name}' has symbolic dims {dims}: give --input-shape")
-                shape = tuple(dims)
+            if k < len(shapes):
+                shape = shapes[k]
+            elif any(d is None for d in dims):
+                raise CliError(f"input '{name}' has symbolic dims {dims}: give --input-shape")
+            else:
+                shape = tuple(d for d in dims if d is not None)
             feeds[name] = random_array(shape, helper.tensor_dtype_to_np_dtype(t.elem_type), rng)
     print(session)
     outputs = session.run(feeds)
@@ -44,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
             stats = f" min={value.min():.4g} max={value.max():.4g} mean={value.mean():.4g}"
         print(f"{name}: {value.dtype.name}{list(value.shape)}{stats}")
     if args.output:
-        np.savez(args.output, **dict(zip(session.output_names, outputs, strict=False)))
+        arrays: dict[str, Any] = dict(zip(session.output_names, outputs, strict=False))
+        np.savez(args.output, **arrays)
     return 0
 
 

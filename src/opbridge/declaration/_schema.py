@@ -80,7 +80,9 @@ def make_schema(
         outputs.append(_Param(f"output_{j}", f"R{j}"))
         constraints.append((f"R{j}", ALL_TENSOR_TYPES, ""))
     attributes = [
-        onnx.defs.OpSchema.Attribute(p.name, _ATTR_TYPES[p.attr_kind], "", required=not p.optional)
+        onnx.defs.OpSchema.Attribute(
+            p.name, _ATTR_TYPES[p.attr_kind or ""], "", required=not p.optional
+        )
         for p in layout.attributes
     ]
     schema = onnx.defs.OpSchema(

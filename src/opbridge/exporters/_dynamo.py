@@ -87,7 +87,7 @@ def _type_outputs(
     outputs = list(result) if isinstance(result, (tuple, list)) else [result]
     if all(getattr(o, "dtype", None) is not None for o in outputs):
         return
-    described = []
+    described: list[tuple[int, tuple[int, ...] | None] | None] = []
     for v in inputs:
         if v is None or getattr(v, "dtype", None) is None:
             described.append(None)
@@ -138,4 +138,5 @@ def export_dynamo(model: Any, table: PlaceholderTable, settings: ExportSettings)
         report=False,
         optimize=True,
     )
+    assert program is not None  # torch returns None only when asked not to build a program
     return program.model_proto

@@ -119,8 +119,9 @@ def export(
     )
     try:
         if exporter == "dynamo":
-            program = model
-            if not isinstance(model, torch.export.ExportedProgram):
+            if isinstance(model, torch.export.ExportedProgram):
+                program = model
+            else:
                 program = torch.export.export(
                     model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes
                 )

@@ -86,7 +86,7 @@ def _constant(value: Any, param: Any, op_name: str) -> Any:
             f"{op_name}: argument '{param.name}' becomes an ONNX attribute and must be known at "
             f"export time, but it is computed in the graph."
         )
-    desc = "b" if param.is_bool and param.attr_kind == "int" else _CONST_DESC[param.attr_kind]
+    desc: Any = "b" if param.is_bool and param.attr_kind == "int" else _CONST_DESC[param.attr_kind]
     result = symbolic_helper._maybe_get_const(value, desc)
     if isinstance(result, torch._C.Value):
         result = symbolic_helper._get_const(value, desc, param.name)
@@ -123,7 +123,7 @@ def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> 
                 if value is not None:
                     if p.is_bool:
                         value = [int(v) for v in value] if isinstance(value, list) else int(value)
-                    attrs[f"{p.name}_{_SUFFIX[p.attr_kind]}"] = value
+                    attrs[f"{p.name}_{_SUFFIX[p.attr_kind or '']}"] = value
         while inputs and inputs[-1] is None:
             inputs.pop()
         if any(i is None for i in inputs):
@@ -180,7 +180,7 @@ def export_torchscript(
         torch.onnx.export(
             model,
             settings.args,
-            buffer,
+            buffer,  # type: ignore[arg-type]  # torch accepts a binary file too
             kwargs=settings.kwargs,
             dynamo=False,
             opset_version=opset,

@@ -347,8 +347,8 @@ def _set_opsets(model: onnx.ModelProto, used: dict[str, int], requested: Mapping
     for domain, needed in used.items():
         versions[domain] = max(needed, versions.get(domain, 0)) if domain in versions else needed
     for domain, version in requested.items():
-        needed = used.get(domain)
-        if needed is not None and version < needed:
+        if domain in used and version < used[domain]:
+            needed = used[domain]
             raise ExportError(
                 f"custom_opsets asks for {domain} version {version}, but the model uses ops of "
                 f"{domain} that need version {needed}; ask for {needed} or higher."

@@ -113,7 +113,7 @@ def _load() -> ModuleType | None:
     with _lock:
         if _ext is None and _import_error is None:
             try:
-                from opbridge.runtime import _host_ext
+                from opbridge.runtime import _host_ext  # type: ignore[attr-defined]  # built by setup.py
             except ImportError as exc:
                 _import_error = (
                     f"the kernel host extension opbridge.runtime._host_ext is not importable "

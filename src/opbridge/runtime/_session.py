@@ -300,7 +300,7 @@ class Session:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         feeds, want_torch = self._feeds(args, kwargs)
-        outputs = self._run(feeds)
+        outputs: list[Any] = self._run(feeds)
         if want_torch:
             outputs = [as_torch(np.ascontiguousarray(o)) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
