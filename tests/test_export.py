@@ -187,3 +187,16 @@ def test_variadic_tensor_list(ns: str, exporter: str) -> None:
     (node,) = [n for n in report.model.graph.node if n.domain == "d"]
     assert len(node.input) == 3
     onnx.checker.check_model(report.model, full_check=True)
+
+
+def test_lowered_op_inside_control_flow_is_a_clear_error(ns: str) -> None:
+    @opbridge.custom_op(f"{ns}::bump", domain="d")
+    def bump(x: Tensor) -> Tensor:
+        return x + 1
+
+    class M(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.cond(x.sum() > 0, lambda t: bump(t), lambda t: t - 1, (x,))
+
+    with pytest.raises(ExportError, match="control-flow body"):
+        opbridge.export(M(), (torch.randn(3),))

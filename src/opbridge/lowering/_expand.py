@@ -249,6 +249,7 @@ def expand(
     model.graph.ClearField("node")
     model.graph.node.extend(new_nodes)
     model.functions.extend(functions.values())
+    _refuse_leftovers(model)
     _prune(model.graph)
     _set_opsets(model, used_domains, custom_opsets or {})
     return _inferred(model)
@@ -314,6 +315,30 @@ def _as_function(
     return call
 
 
+def _refuse_leftovers(model: onnx.ModelProto) -> None:
+    """Placeholders only expand in the main graph; anywhere else is an error, not a model."""
+
+    def walk(nodes: Any, where: str) -> None:
+        for node in nodes:
+            if node.domain == PLACEHOLDER_DOMAIN:
+                raise ExportError(
+                    f"{where}: an op with an opbridge lowering is used inside "
+                    f"{'a function' if where.startswith('function') else 'a control-flow body'}"
+                    f" (torch.cond, a loop); opbridge lowers ops in the main graph only. "
+                    f"Move the op out of the branch or loop."
+                )
+            for attr in node.attribute:
+                subgraphs = (
+                    [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                )
+                for g in subgraphs:
+                    walk(g.node, f"{where} > {node.op_type} '{node.name}'")
+
+    walk(model.graph.node, "main graph")
+    for fn in model.functions:
+        walk(fn.node, f"function {fn.domain}::{fn.name}")
+
+
 def _prune(graph: onnx.GraphProto) -> None:
     """Drops constants only placeholders used (e.g. an ``eps`` now an attribute)."""
     while True:
@@ -333,7 +358,8 @@ def _prune(graph: onnx.GraphProto) -> None:
             graph.node.remove(n)
         if not dead:
             break
-    unused = [i for i in graph.initializer if i.name not in used]
+    inputs = {i.name for i in graph.input}  # an initializer that is also an input stays
+    unused = [i for i in graph.initializer if i.name not in used and i.name not in inputs]
     for init in unused:
         graph.initializer.remove(init)
     produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
