@@ -79,31 +79,31 @@ struct HostOp : OrtCustomOp {
 
 namespace {
 
-// Computes what ORT sees of a definition. Inputs with exactly one allowed type
-// declare it; others are UNDEFINED (ORT then accepts any tensor type and the
-// kernel checks the allowed set).
+// What ORT sees of one input or output: exactly one allowed type is declared;
+// otherwise UNDEFINED (ORT then accepts any tensor type and the kernel checks the
+// allowed set).
+PortLayout MakePort(const IODef& io) {
+  PortLayout port{};
+  port.type = io.types.size() == 1 ? io.types[0] : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  port.characteristic = io.variadic   ? INPUT_OUTPUT_VARIADIC
+                        : io.optional ? INPUT_OUTPUT_OPTIONAL
+                                      : INPUT_OUTPUT_REQUIRED;
+  port.min_arity = io.optional ? 0 : 1;
+  port.homogeneous = io.types.size() == 1 ? 1 : 0;
+  return port;
+}
+
+// Computes what ORT sees of a definition.
 void PortLayouts(const OpDef& def, std::vector<PortLayout>* inputs,
                  std::vector<PortLayout>* outputs) {
   int undefined = 0;
   for (const IODef& io : def.inputs) {
-    PortLayout port{};
-    port.type = io.types.size() == 1 ? io.types[0] : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-    port.characteristic = io.variadic   ? INPUT_OUTPUT_VARIADIC
-                          : io.optional ? INPUT_OUTPUT_OPTIONAL
-                                        : INPUT_OUTPUT_REQUIRED;
-    port.min_arity = io.optional ? 0 : 1;
-    port.homogeneous = io.types.size() == 1 ? 1 : 0;
+    PortLayout port = MakePort(io);
     if (port.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED) ++undefined;
     inputs->push_back(port);
   }
   for (const IODef& io : def.outputs) {
-    PortLayout port{};
-    port.type = io.types.size() == 1 ? io.types[0] : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-    port.characteristic = io.variadic   ? INPUT_OUTPUT_VARIADIC
-                          : io.optional ? INPUT_OUTPUT_OPTIONAL
-                                        : INPUT_OUTPUT_REQUIRED;
-    port.min_arity = io.optional ? 0 : 1;
-    port.homogeneous = io.types.size() == 1 ? 1 : 0;
+    PortLayout port = MakePort(io);
     if (port.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED) {
       // ORT refuses (at session creation) a required output of undefined type
       // unless exactly one undefined-type port precedes it, because it wants to
