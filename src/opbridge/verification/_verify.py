@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,20 +14,24 @@ import torch
 from opbridge._dtypes import as_numpy
 from opbridge.exporters import export
 from opbridge.runtime import Session
+from opbridge.verification._compare import compare_arrays, default_tolerances
+from opbridge.verification._inputs import random_like
+from opbridge.verification._localize import (
+    Divergence,
+    Localization,
+    _fx_reference,
+    _torchscript_reference,
+    localize as _localize,
+)
+from opbridge.verification._progress import progress_bar
 
-__all__ = ["OutputComparison", "VerificationReport", "default_tolerances", "verify"]
-
-_TOLERANCES: dict[str, tuple[float, float]] = {
-    "float64": (1e-7, 1e-9),
-    "float32": (1e-3, 1e-5),
-    "float16": (1e-2, 1e-3),
-    "bfloat16": (2e-2, 1e-2),
-}
-
-
-def default_tolerances(dtype: np.dtype) -> tuple[float, float]:
-    """``(rtol, atol)`` for a dtype: float32 1e-3/1e-5, float16 looser, integers exact."""
-    return _TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
+__all__ = [
+    "InputSetResult",
+    "OutputComparison",
+    "VerificationReport",
+    "default_tolerances",
+    "verify",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,16 +51,43 @@ class OutputComparison:
     note: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class InputSetResult:
+    """The outputs' comparison for one set of inputs.
+
+    Attributes:
+        index: 0 for ``args``, then the extra example inputs, then the random draws.
+        label: ``"args"``, ``"inputs[0]"``, ``"random[0] (seed 0)"``...
+        shapes: The input shapes of this set.
+        outputs: One :class:`OutputComparison` per output.
+    """
+
+    index: int
+    label: str
+    shapes: tuple[tuple[int, ...], ...]
+    outputs: tuple[OutputComparison, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((o.max_abs_diff for o in self.outputs), default=0.0)
+
+
 @dataclasses.dataclass
 class VerificationReport:
     """The result of :func:`verify`.
 
     Attributes:
-        passed: Every output matched within its tolerances.
-        outputs: One :class:`OutputComparison` per output.
+        passed: Every output of every input set matched within its tolerances.
+        outputs: The rows of the first input set (``args``).
         model: The exported model.
         exporter: ``"dynamo"`` or ``"torchscript"``.
         session: ``repr`` of the session (which kernels ran).
+        input_sets: One :class:`InputSetResult` per input set, ``args`` first.
+        localization: The intermediate comparisons, when localisation ran.
     """
 
     passed: bool
@@ -63,6 +95,8 @@ class VerificationReport:
     model: onnx.ModelProto
     exporter: str
     session: str
+    input_sets: list[InputSetResult] = dataclasses.field(default_factory=list)
+    localization: Localization | None = None
 
     @property
     def rows(self) -> list[OutputComparison]:
@@ -71,11 +105,26 @@ class VerificationReport:
 
     @property
     def max_abs_diff(self) -> float:
-        return max((o.max_abs_diff for o in self.outputs), default=0.0)
+        return max((o.max_abs_diff for s in self._sets() for o in s.outputs), default=0.0)
 
     @property
     def max_rel_diff(self) -> float:
-        return max((o.max_rel_diff for o in self.outputs), default=0.0)
+        return max((o.max_rel_diff for s in self._sets() for o in s.outputs), default=0.0)
+
+    @property
+    def first_divergence(self) -> Divergence | None:
+        """The first node where ONNX Runtime departs from PyTorch, if localisation ran."""
+        return self.localization.first_divergence if self.localization else None
+
+    def _sets(self) -> list[InputSetResult]:
+        return self.input_sets or [InputSetResult(0, "args", (), tuple(self.outputs))]
+
+    def save_html(self, path: str | os.PathLike[str]) -> None:
+        """Writes one self-contained HTML page: tables, divergence, a drawing of the graph."""
+        from opbridge.verification._html import render
+
+        with open(os.fspath(path), "w", encoding="utf-8") as f:
+            f.write(render(self))
 
     def __str__(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
@@ -88,9 +137,28 @@ class VerificationReport:
         for o in self.outputs:
             lines.append(
                 f"  {o.name[:16]:<16} {o.dtype:<9} {str(list(o.shape))[:16]:<16} "
-                f"{o.max_abs_diff:>10.3g} {o.max_rel_diff:>10.3g} {o.rtol:>7.0e} {o.atol:>7.0e}  "
+                f"{o.max_abs_diff:>10.3g} {o.max_rel_diff:>10.3g} {o.rtol:>7.1e} {o.atol:>7.1e}  "
                 + ("ok" if o.passed else f"FAIL ({o.mismatched} elements) {o.note}".strip())
             )
+        if len(self.input_sets) > 1:
+            lines.append(f"  input sets: {sum(s.passed for s in self.input_sets)} of "
+                         f"{len(self.input_sets)} pass")  # fmt: skip
+            for s in self.input_sets:
+                shapes = " ".join("x".join(map(str, sh)) or "scalar" for sh in s.shapes)
+                lines.append(
+                    f"    {s.label:<20} {shapes[:28]:<28} max|diff| {s.max_abs_diff:<10.3g} "
+                    + ("ok" if s.passed else "FAIL")
+                )
+        loc = self.localization
+        if loc is not None:
+            lines.append(
+                f"  localisation (input set {loc.input_set}): {loc.compared} of {loc.nodes} "
+                "node outputs compared with PyTorch"
+                + (f", {loc.subgraph_nodes} nodes in subgraphs not compared"
+                   if loc.subgraph_nodes else "")  # fmt: skip
+            )
+            lines.append(f"  {loc.first_divergence}" if loc.first_divergence else
+                         "  no intermediate value departs beyond tolerance")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -119,61 +187,32 @@ def compare(
     """Compares outputs pairwise; tolerances default by each expected dtype."""
     rows = []
     for i, (want, got) in enumerate(zip(expected, actual, strict=False)):
-        d_rtol, d_atol = default_tolerances(want.dtype)
-        r = d_rtol if rtol is None else rtol
-        a = d_atol if atol is None else atol
+        c = compare_arrays(want, got, rtol=rtol, atol=atol)
         name = names[i] if i < len(names) else f"output_{i}"
-        note = ""
-        if want.shape != got.shape:
-            rows.append(
-                OutputComparison(
-                    i,
-                    name,
-                    want.dtype.name,
-                    want.shape,
-                    float("inf"),
-                    float("inf"),
-                    want.size,
-                    r,
-                    a,
-                    False,
-                    f"shape {list(got.shape)} != {list(want.shape)}",
-                )
-            )
-            continue
-        if want.dtype != got.dtype:
-            note = f"dtype {got.dtype.name} != {want.dtype.name}"
-        w = want.astype(np.float64) if want.dtype.kind in "fcbiu" else want
-        g = got.astype(np.float64) if got.dtype.kind in "fcbiu" else got
-        if w.dtype.kind == "f":
-            diff = np.abs(w - g)
-            both_nan = np.isnan(w) & np.isnan(g)
-            diff = np.where(both_nan, 0.0, diff)
-            rel = diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
-            bad = ~(diff <= a + r * np.abs(w))
-            max_abs = float(diff.max()) if diff.size else 0.0
-            max_rel = float(rel.max()) if rel.size else 0.0
-        else:
-            bad = w != g
-            max_abs = float(bad.sum() > 0)
-            max_rel = max_abs
-        mismatched = int(np.count_nonzero(bad))
         rows.append(
             OutputComparison(
-                i,
-                name,
-                want.dtype.name,
-                tuple(want.shape),
-                max_abs,
-                max_rel,
-                mismatched,
-                r,
-                a,
-                mismatched == 0 and not note,
-                note,
-            )
+                i, name, want.dtype.name, tuple(want.shape), c.max_abs_diff, c.max_rel_diff,
+                c.mismatched, c.rtol, c.atol, c.passed, c.note,
+            )  # fmt: skip
+        )
+    if len(actual) != len(expected):
+        rows.append(
+            OutputComparison(
+                len(rows), "(count)", "-", (), float("inf"), float("inf"), 0, 0.0, 0.0, False,
+                f"ONNX Runtime gave {len(actual)} outputs, torch {len(expected)}",
+            )  # fmt: skip
         )
     return rows
+
+
+def _as_tuple(args: Any) -> tuple[Any, ...]:
+    if isinstance(args, tuple):
+        return args
+    return tuple(args) if isinstance(args, list) else (args,)
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in getattr(value, "shape", ()))
 
 
 def verify(
@@ -185,49 +224,95 @@ def verify(
     atol: float | None = None,
     providers: Sequence[str] | None = None,
     libraries: Sequence[str] = (),
+    localize: bool | None = None,
+    inputs: Sequence[Any] = (),
+    random_inputs: int = 0,
+    seed: int = 0,
+    progress: bool | None = None,
     **export_kwargs: Any,
 ) -> VerificationReport:
     """Exports ``model``, runs it in ONNX Runtime and compares with PyTorch eager.
 
+    Integers and bools must match exactly, NaNs at the same positions, infinities
+    equal; floats within ``torch.testing.assert_close``'s tolerances for their dtype.
+
     Args:
         model: The module to check.
-        args: Example inputs (a tuple, or one tensor).
+        args: Example inputs (a tuple, or one tensor); also the export's inputs.
         exporter: ``"dynamo"`` or ``"torchscript"``.
-        rtol: Relative tolerance for every output; by dtype when ``None``
-            (float32 1e-3, float16 1e-2, integers exact).
-        atol: Absolute tolerance; by dtype when ``None`` (float32 1e-5).
+        rtol: Relative tolerance for every output; by dtype when ``None`` (float32
+            1.3e-6, float16 1e-3, bfloat16 1.6e-2, float64 1e-7, integers exact).
+        atol: Absolute tolerance; by dtype when ``None`` (1e-5; float64 1e-7).
         providers: ONNX Runtime execution providers.
         libraries: Extra C++ custom-op libraries for the session.
+        localize: Compare intermediate values with PyTorch's and report the first node
+            that departs (:attr:`VerificationReport.first_divergence`). ``None`` (the
+            default) localises only when the verification fails; ``False`` never.
+        inputs: More example inputs (each a tuple, or one tensor), checked after ``args``.
+        random_inputs: How many random input sets to draw, shaped and typed like
+            ``args``; dynamic dimensions (``dynamic_shapes``) vary within their ranges.
+        seed: Seed of the random draws.
+        progress: Show a progress bar; by default only when stderr is a terminal.
         **export_kwargs: Passed to :func:`opbridge.export`.
 
     Returns:
         A :class:`VerificationReport`; ``str(report)`` is a readable table.
     """
-    if not isinstance(args, tuple):
-        args = (args,)
-    with torch.no_grad():
-        expected = [_as_numpy(v) for v in _flatten(model(*args))]
-    proto = export(model, args, exporter=exporter, **export_kwargs)  # type: ignore[arg-type]
-    session = Session(proto, providers=providers, libraries=libraries)
-    with torch.no_grad():
-        actual = _flatten(session(*[_as_numpy(a) for a in args]))
-    rows = compare(
-        expected, [np.asarray(a) for a in actual], session.output_names, rtol=rtol, atol=atol
-    )
-    if len(actual) != len(expected):
-        rows.append(
-            OutputComparison(
-                len(rows),
-                "(count)",
-                "-",
-                (),
-                float("inf"),
-                float("inf"),
-                0,
-                0.0,
-                0.0,
-                False,
-                f"ONNX Runtime gave {len(actual)} outputs, torch {len(expected)}",
+    args = _as_tuple(args)
+    kwargs = export_kwargs.get("kwargs") or {}
+    sets: list[tuple[str, tuple[Any, ...]]] = [("args", args)]
+    sets += [(f"inputs[{i}]", _as_tuple(x)) for i, x in enumerate(inputs)]
+    if random_inputs:
+        draws = random_like(args, export_kwargs.get("dynamic_shapes"), random_inputs, seed)
+        sets += [(f"random[{i}] (seed {seed})", d) for i, d in enumerate(draws)]
+
+    program = None
+    if exporter == "dynamo" and localize is not False and isinstance(model, torch.nn.Module):
+        try:
+            program = torch.export.export(
+                model, args, kwargs=kwargs, dynamic_shapes=export_kwargs.get("dynamic_shapes")
             )
-        )
-    return VerificationReport(all(r.passed for r in rows), rows, proto, exporter, repr(session))
+        except Exception:
+            program = None  # opbridge.export below says what went wrong, clearly
+    proto = export(program or model, args, exporter=exporter, **export_kwargs)  # type: ignore[arg-type]
+    session = Session(proto, providers=providers, libraries=libraries)
+
+    results: list[InputSetResult] = []
+    expected_by_set: list[list[np.ndarray]] = []
+    with progress_bar(progress) as bar:
+        for index, (label, values) in enumerate(sets):
+            if bar is not None and len(sets) > 1:
+                bar("verifying input sets", index, len(sets))
+            with torch.no_grad():
+                expected = [_as_numpy(v) for v in _flatten(model(*values, **kwargs))]
+                feeds = [_as_numpy(a) for a in _flatten((values, kwargs))]
+                actual = _flatten(session(*feeds))
+            rows = compare(
+                expected, [np.asarray(a) for a in actual], session.output_names,
+                rtol=rtol, atol=atol,
+            )  # fmt: skip
+            expected_by_set.append(expected)
+            results.append(
+                InputSetResult(index, label, tuple(_shape(v) for v in values), tuple(rows))
+            )
+        if bar is not None and len(sets) > 1:
+            bar("verifying input sets", len(sets), len(sets))
+        passed = all(r.passed for r in results)
+        localization = None
+        if localize or (localize is None and not passed):
+            target = next((r.index for r in results if not r.passed), 0)
+            values = sets[target][1]
+            if program is not None:
+                reference: Any = lambda graph: _fx_reference(program, values, kwargs)  # noqa: E731
+            else:
+                reference = lambda graph: _torchscript_reference(  # noqa: E731
+                    model, values, kwargs, graph, expected_by_set[target]
+                )
+            localization = _localize(
+                proto, [_as_numpy(a) for a in _flatten((values, kwargs))], reference,
+                rtol=rtol, atol=atol, providers=providers, libraries=libraries, progress=bar,
+            )  # fmt: skip
+            localization.input_set = target
+    return VerificationReport(
+        passed, list(results[0].outputs), proto, exporter, repr(session), results, localization
+    )
