@@ -294,9 +294,31 @@ class Session:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
+            if any(o.type == "tensor(bfloat16)" for o in self._outputs):
+                return self._run_bfloat16(feeds)
             return self._session.run(None, feeds)
         except Exception as e:
             raise KernelError(f"ONNX Runtime failed: {e}") from e
+
+    def _run_bfloat16(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """ONNX Runtime's ``run`` cannot return bfloat16 (no numpy type): copy the bits."""
+        import ctypes
+
+        import ml_dtypes
+
+        values = self._session.run_with_ort_values(
+            None, {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+        )
+        arrays = []
+        for value in values:
+            if value.data_type() != "tensor(bfloat16)":
+                arrays.append(value.numpy())
+                continue
+            shape = tuple(value.shape())
+            count = int(np.prod(shape, dtype=np.int64))
+            bits = np.ctypeslib.as_array((ctypes.c_uint16 * count).from_address(value.data_ptr()))
+            arrays.append(bits.copy().view(ml_dtypes.bfloat16).reshape(shape))
+        return arrays
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         feeds, want_torch = self._feeds(args, kwargs)

@@ -127,7 +127,8 @@ def _compare_floats(expected: np.ndarray, actual: np.ndarray, r: float, a: float
         diff = np.where(same, 0.0, diff)
         diff = np.where(nan_bad | np.isnan(diff), np.inf, diff)
         bound = a + r * np.abs(expected)
-        bad = ~(same | (diff <= bound))
+        # An infinity matches only the same infinity (the bound is infinite there).
+        bad = ~(same | (np.isfinite(expected) & (diff <= bound)))
         rel = np.where(diff == 0, 0.0, diff / np.maximum(np.abs(expected), np.finfo(float).tiny))
     notes = []
     if nan_bad.any():
