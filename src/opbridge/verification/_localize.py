@@ -148,14 +148,16 @@ def _module_path(stack: Any) -> str:
     return f"{name} ({cls_name})" if name else f"({cls_name})"
 
 
+_SKIP_FRAMES = ("/torch/", "/opbridge/", "<frozen", "/contextlib.py")
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
 
 
 def _source_line(stack_trace: str) -> str:
     frames = _FRAME.findall(stack_trace or "")
+    user = [f for f in frames if not any(s in f[0] for s in _SKIP_FRAMES)]
     if not frames:
         return ""
-    file, line, _, code = frames[-1]
+    file, line, _, code = (user or frames)[-1]
     return f"{file}:{line} `{code.strip()}`"
 
 
@@ -222,9 +224,6 @@ def _fx_reference(
 
 
 # -- PyTorch's side: TorchScript -------------------------------------------------------
-
-_SKIP_FRAMES = ("/torch/", "/opbridge/", "<frozen", "/contextlib.py")
-
 
 def _user_line() -> str:
     for frame in reversed(traceback.extract_stack()):
