@@ -55,7 +55,8 @@ def main() -> None:
     model = Blocks().eval()
     x = (torch.randn(8, 32),)
     print(f"torch threads: {torch.get_num_threads()}; ONNX Runtime: default session options")
-    print(f"{'exporter':<12} {'nodes':>6} {'compared':>9} {'verify':>9} {'localize':>9} {'ratio':>6}")
+    header = ("exporter", "nodes", "compared", "verify", "localize", "ratio")
+    print("{:<12} {:>6} {:>9} {:>9} {:>9} {:>6}".format(*header))
     for exporter in ("dynamo", "torchscript"):
         report = opbridge.verify(model, x, exporter=exporter, localize=True)  # warm-up
         assert report.passed and report.first_divergence is None, str(report)

@@ -236,9 +236,13 @@ def test_extra_and_random_input_sets(ns: str) -> None:
     batch = torch.export.Dim("batch", min=1, max=16)
     width = torch.export.Dim("width", min=2, max=10)
     report = opbridge.verify(
-        M(), (torch.randn(2, 4),), inputs=[(torch.randn(5, 3),)], random_inputs=6, seed=3,
+        M(),
+        (torch.randn(2, 4),),
+        inputs=[(torch.randn(5, 3),)],
+        random_inputs=6,
+        seed=3,
         dynamic_shapes=({0: batch, 1: width},),
-    )  # fmt: skip
+    )
     sets = report.input_sets
     assert [s.label for s in sets[:2]] == ["args", "inputs[0]"] and len(sets) == 8
     assert sets[0].passed and sets[1].passed and sets[1].shapes == ((5, 3),)
@@ -248,9 +252,13 @@ def test_extra_and_random_input_sets(ns: str) -> None:
     assert all(s.passed == (s.shapes[0][1] <= 6) for s in sets)
     assert report.passed == all(s.passed for s in sets)
     again = opbridge.verify(
-        M(), (torch.randn(2, 4),), random_inputs=6, seed=3, localize=False,
+        M(),
+        (torch.randn(2, 4),),
+        random_inputs=6,
+        seed=3,
+        localize=False,
         dynamic_shapes=({0: batch, 1: width},),
-    )  # fmt: skip
+    )
     assert [s.shapes for s in again.input_sets[1:]] == [s.shapes for s in sets[2:]]
     assert not report.passed  # seed 3 draws widths above 6
     if report.localization is not None:
@@ -266,7 +274,7 @@ def test_random_inputs_keep_dtypes_and_integer_ranges() -> None:
     from opbridge.verification._inputs import random_like
 
     args = (torch.randn(2, 3), torch.tensor([3, 5, 7]), torch.tensor([True, False]))
-    (a, b, c), = random_like(args, None, 1, seed=0)  # fmt: skip
+    ((a, b, c),) = random_like(args, None, 1, seed=0)
     assert a.shape == (2, 3) and a.dtype == torch.float32
     assert b.dtype == torch.int64 and int(b.min()) >= 3 and int(b.max()) <= 7
     assert c.dtype == torch.bool

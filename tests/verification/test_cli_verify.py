@@ -8,7 +8,7 @@ import pytest
 
 from opbridge.cli import main
 
-MODELS = '''
+MODELS = """
 import numpy as np
 import torch
 import opbridge
@@ -27,7 +27,7 @@ class Chain(torch.nn.Module):
 
 def make_chain():
     return Chain(), (torch.randn(3, 5),)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +42,21 @@ def test_verify_localizes_and_writes_html(
     models_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], exporter: str
 ) -> None:
     page = tmp_path / "report.html"
-    argv = ["verify", f"{models_file}:make_chain", "--exporter", exporter, "--html", str(page),
-            "--random-inputs", "2"]  # fmt: skip
+    argv = [
+        "verify",
+        f"{models_file}:make_chain",
+        "--exporter",
+        exporter,
+        "--html",
+        str(page),
+        "--random-inputs",
+        "2",
+    ]
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "first divergence at node" in out and "clivlz.d::Nudge" in out
     assert "input sets: 0 of 3 pass" in out
     text = page.read_text()
     assert "<svg" in text and "clivlz.d::Nudge" in text
-    assert main(argv[:4] + ["--no-localize"]) == 1
+    assert main([*argv[:4], "--no-localize"]) == 1
     assert "first divergence" not in capsys.readouterr().out

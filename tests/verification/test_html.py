@@ -31,8 +31,11 @@ def _chromium() -> str:
 def _browser(*flags: str, url: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", *flags, url],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
 
 
 class _Dom(HTMLParser):
@@ -62,10 +65,13 @@ class _Dom(HTMLParser):
 
     def find(self, **want: str) -> list[dict[str, str]]:
         return [
-            e for e in self.elements
-            if all(want[k] in e.get(k, "").split() if k == "class" else e.get(k) == want[k]
-                   for k in want)
-        ]  # fmt: skip
+            e
+            for e in self.elements
+            if all(
+                want[k] in e.get(k, "").split() if k == "class" else e.get(k) == want[k]
+                for k in want
+            )
+        ]
 
 
 def _png_pixels_vary(png: bytes) -> bool:
@@ -152,5 +158,5 @@ def test_passing_report_page(tmp_path: Path) -> None:
     dom.feed(_browser("--dump-dom", url=page.as_uri()).stdout)
     assert dom.find(id="verdict")[0]["data-passed"] == "true"
     assert dom.find(id="no-divergence") and not dom.find(tag="svg")
-    cell = [c for c in dom.find(tag="td") if "max-abs" in c.get("class", "").split()][0]
+    cell = next(c for c in dom.find(tag="td") if "max-abs" in c.get("class", "").split())
     assert float(cell["data-value"]) == report.outputs[0].max_abs_diff

@@ -14,10 +14,17 @@ def _run(args: argparse.Namespace) -> int:
 
     model, inputs = load_model(args)
     report = opbridge.verify(
-        model, inputs, exporter=args.exporter, rtol=args.rtol, atol=args.atol,
-        opset_version=args.opset, contrib_ops=args.contrib_ops, localize=args.localize,
-        random_inputs=args.random_inputs, seed=args.seed,
-    )  # fmt: skip
+        model,
+        inputs,
+        exporter=args.exporter,
+        rtol=args.rtol,
+        atol=args.atol,
+        opset_version=args.opset,
+        contrib_ops=args.contrib_ops,
+        localize=args.localize,
+        random_inputs=args.random_inputs,
+        seed=args.seed,
+    )
     print(report)
     if args.output:
         import onnx
@@ -39,15 +46,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", help="also save the exported model here")
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--localize", dest="localize", action="store_true", default=None,
+        "--localize",
+        dest="localize",
+        action="store_true",
+        default=None,
         help="find the first node where ONNX Runtime and PyTorch part (default: when it fails)",
-    )  # fmt: skip
+    )
     where.add_argument(
         "--no-localize", dest="localize", action="store_false", help="never localise"
     )
     parser.add_argument(
-        "--random-inputs", type=int, default=0, metavar="N",
+        "--random-inputs",
+        type=int,
+        default=0,
+        metavar="N",
         help="also check N random input sets shaped like the example inputs (--seed)",
-    )  # fmt: skip
+    )
     parser.add_argument("--html", metavar="PATH", help="also write the report as one HTML page")
     parser.set_defaults(func=_run)

@@ -82,9 +82,14 @@ def compare_arrays(
     a = d_atol if atol is None else float(atol)
     if expected.shape != actual.shape:
         return Comparison(
-            False, float("inf"), float("inf"), int(expected.size), r, a,
+            False,
+            float("inf"),
+            float("inf"),
+            int(expected.size),
+            r,
+            a,
             f"shape {list(actual.shape)} != {list(expected.shape)}",
-        )  # fmt: skip
+        )
     note = ""
     if expected.dtype != actual.dtype:
         note = f"dtype {actual.dtype.name} != {expected.dtype.name}"

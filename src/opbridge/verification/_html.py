@@ -94,8 +94,12 @@ def _localization(report: VerificationReport) -> str:
         "<h2>Localisation</h2>",
         f'<p id="coverage">Input set {loc.input_set}: {loc.compared} of {loc.nodes} node outputs '
         "compared with PyTorch"
-        + (f"; {loc.subgraph_nodes} nodes inside subgraphs not compared" if loc.subgraph_nodes
-           else "") + ".</p>",  # fmt: skip
+        + (
+            f"; {loc.subgraph_nodes} nodes inside subgraphs not compared"
+            if loc.subgraph_nodes
+            else ""
+        )
+        + ".</p>",
     ]
     d = loc.first_divergence
     if d is None:
@@ -109,12 +113,13 @@ def _localization(report: VerificationReport) -> str:
         f'<tr><th>output</th><td class="value">{_e(d.value)}</td></tr>',
         f'<tr><th>origin</th><td class="origin">{_e(d.origin) or "(unknown)"}</td></tr>',
         "<tr><th>max |diff| of its output</th>" + _num(d.max_abs_diff, "max-abs") + "</tr>",
-        "<tr><th>max |diff| of its inputs</th>" + _num(d.inputs_max_abs_diff, "inputs-max-abs")
-        + "</tr>",  # fmt: skip
+        "<tr><th>max |diff| of its inputs</th>"
+        + _num(d.inputs_max_abs_diff, "inputs-max-abs")
+        + "</tr>",
     ]
     if d.unchecked:
         out.append(
-            f'<tr><th>not compared on the way</th><td>{_e(", ".join(d.unchecked))}</td></tr>'
+            f"<tr><th>not compared on the way</th><td>{_e(', '.join(d.unchecked))}</td></tr>"
         )
     out.append("</table>")
     path = loc.path()
@@ -229,7 +234,9 @@ def _svg(model: onnx.ModelProto, steps: list[Step], target: str, target_value: s
             f'<text x="{x + 8}" y="{y + 41}">{_e(diff)}</text></g>'
         )
     svg.append("</svg>")
-    legend = '<p class="legend">' + "".join(
-        f'<span style="background:{c}">{k}</span>' for k, c in _COLOURS.items()
-    ) + "</p>"  # fmt: skip
+    legend = (
+        '<p class="legend">'
+        + "".join(f'<span style="background:{c}">{k}</span>' for k, c in _COLOURS.items())
+        + "</p>"
+    )
     return legend + "\n" + "\n".join(svg)

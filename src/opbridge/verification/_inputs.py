@@ -15,8 +15,8 @@ def _dim_specs(dynamic_shapes: Any, count: int) -> list[dict[int, Any]]:
     """Per input, ``{axis: Dim or name}`` from torch.export-style ``dynamic_shapes``."""
     if dynamic_shapes is None:
         return [{} for _ in range(count)]
-    specs = list(dynamic_shapes.values()) if isinstance(dynamic_shapes, dict) else list(
-        dynamic_shapes
+    specs = (
+        list(dynamic_shapes.values()) if isinstance(dynamic_shapes, dict) else list(dynamic_shapes)
     )
     result: list[dict[int, Any]] = []
     for spec in specs:

@@ -225,6 +225,7 @@ def _fx_reference(
 
 # -- PyTorch's side: TorchScript -------------------------------------------------------
 
+
 def _user_line() -> str:
     for frame in reversed(traceback.extract_stack()):
         if not any(s in frame.filename for s in _SKIP_FRAMES):
@@ -246,9 +247,11 @@ class _OpRecorder(TorchDispatchMode):
         if name in self.names:
             outs = result if isinstance(result, (tuple, list)) else [result]
             self.calls.setdefault(name, []).append(
-                ([o.detach().clone() if isinstance(o, torch.Tensor) else o for o in outs],
-                 _user_line())
-            )  # fmt: skip
+                (
+                    [o.detach().clone() if isinstance(o, torch.Tensor) else o for o in outs],
+                    _user_line(),
+                )
+            )
         return result
 
 
@@ -300,11 +303,12 @@ def _torchscript_reference(
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     seen: dict[str, int] = {}  # group output name -> call index
+    group_key: dict[str, str] = {}  # compared value -> its op's placeholder key
     counters: dict[str, int] = {}
     last_in_scope: dict[str, ir.Value] = {}
     for node in graph:
         for out in node.outputs:
-            m = _GROUP_OUTPUT.search(out.name or "")
+            m = _GROUP_OUTPUT.search(_n(out) or "")
             if m is None:
                 continue
             # TorchScript numbers repeated node names: L6_mylib_op_default_17.
@@ -312,7 +316,8 @@ def _torchscript_reference(
             if key not in keys:
                 continue
             index = int(m.group(2))
-            group = out.name[: m.start(2)]
+            group = _n(out)[: m.start(2)]
+            group_key[_n(out)] = key
             if group not in seen:
                 seen[group] = counters.get(key, 0)
                 counters[key] = seen[group] + 1
@@ -320,8 +325,8 @@ def _torchscript_reference(
             if seen[group] < len(calls):
                 outs, line = calls[seen[group]]
                 if index < len(outs) and isinstance(outs[index], torch.Tensor):
-                    values[out.name] = outs[index]
-                    origins[out.name] = _origin(_scope_path(node.name or ""), keys[key], line)
+                    values[_n(out)] = outs[index]
+                    origins[_n(out)] = _origin(_scope_path(node.name or ""), keys[key], line)
         scope = _scope_path(node.name or "")
         while scope:
             if node.outputs:
@@ -331,19 +336,24 @@ def _torchscript_reference(
     # before the dispatch mode sees it) cannot be matched in order: drop it.
     for key, count in counters.items():
         if count != len(recorder.calls.get(keys[key], [])):
-            for name in [n for n in values if f"{key}_output_" in n]:
+            for name in [n for n in values if group_key.get(n) == key]:
                 values.pop(name)
     for path, outs in module_out.items():
         value = last_in_scope.get(path)
-        if len(outs) != 1 or outs[0] is None or value is None or value.name in values:
+        if len(outs) != 1 or outs[0] is None or value is None or _n(value) in values:
             continue
         if _fits(value, outs[0]):
-            values[value.name] = outs[0]
-            origins[value.name] = _origin(f"{path} ({type(model.get_submodule(path)).__name__})",
-                                          "", "")  # fmt: skip
+            values[_n(value)] = outs[0]
+            origins[_n(value)] = _origin(
+                f"{path} ({type(model.get_submodule(path)).__name__})", "", ""
+            )
     for value, want in zip(graph.outputs, expected_outputs, strict=False):
-        values.setdefault(value.name, want)
+        values.setdefault(_n(value), want)
     return values, origins
+
+
+def _n(value: ir.Value) -> str:
+    return value.name or ""
 
 
 def _fits(value: ir.Value, tensor: torch.Tensor) -> bool:
@@ -408,18 +418,22 @@ def localize(
     model = ir.serde.deserialize_model(proto)  # a copy: the user's model is left alone
     graph = model.graph
     refs, origins = reference(graph)
-    outputs = {v.name for v in graph.outputs}
+    outputs = {_n(v) for v in graph.outputs}
     wanted: list[ir.Value] = []
     for node in graph:
         for v in node.outputs:
-            if v.name in refs and v.name not in outputs and v.type is not None:
+            if _n(v) in refs and _n(v) not in outputs and v.type is not None:
                 wanted.append(v)
                 graph.outputs.append(v)
     session = Session(ir.serde.serialize_model(model), providers=providers, libraries=libraries)
-    got = dict(zip(session.output_names, session.run(dict(zip(session.input_names, feeds,
-                                                                  strict=False))),
-                   strict=True))  # fmt: skip
-    graph_inputs = {v.name for v in graph.inputs} | set(graph.initializers)
+    got = dict(
+        zip(
+            session.output_names,
+            session.run(dict(zip(session.input_names, feeds, strict=False))),
+            strict=True,
+        )
+    )
+    graph_inputs = {_n(v) for v in graph.inputs} | set(graph.initializers)
     steps: list[Step] = []
     upstream: dict[str, float] = {}  # value -> its diff, or that of the compared values above
     compared: dict[str, Step] = {}
@@ -428,27 +442,36 @@ def localize(
     for i, node in enumerate(nodes):
         if progress is not None:
             progress("comparing intermediate values", i + 1, len(nodes))
-        in_diff = max((upstream.get(v.name, 0.0) for v in node.inputs if v is not None),
-                      default=0.0)  # fmt: skip
+        in_diff = max((upstream.get(_n(v), 0.0) for v in node.inputs if v is not None), default=0.0)
         for v in node.outputs:
-            want = _as_array(refs.get(v.name))
-            actual = got.get(v.name)
+            want = _as_array(refs.get(_n(v)))
+            actual = got.get(_n(v))
             if want is None or actual is None:
-                upstream[v.name] = in_diff
+                upstream[_n(v)] = in_diff
                 continue
             result = compare_arrays(want, np.asarray(actual), rtol=rtol, atol=atol)
-            step = Step(node.name or "", node.op_type, node.domain, v.name,
-                        origins.get(v.name, "") or _metadata_origin(node), result)  # fmt: skip
+            step = Step(
+                node.name or "",
+                node.op_type,
+                node.domain,
+                _n(v),
+                origins.get(_n(v), "") or _metadata_origin(node),
+                result,
+            )
             steps.append(step)
-            compared[v.name] = step
-            upstream[v.name] = result.max_abs_diff
+            compared[_n(v)] = step
+            upstream[_n(v)] = result.max_abs_diff
             if first is None and not result.passed:
                 first = Divergence(
-                    node=step.node, op_type=step.op_type, domain=step.domain,
-                    origin=step.origin, max_abs_diff=result.max_abs_diff,
-                    inputs_max_abs_diff=in_diff, value=v.name,
+                    node=step.node,
+                    op_type=step.op_type,
+                    domain=step.domain,
+                    origin=step.origin,
+                    max_abs_diff=result.max_abs_diff,
+                    inputs_max_abs_diff=in_diff,
+                    value=_n(v),
                     unchecked=_unchecked(node, compared, graph_inputs),
-                )  # fmt: skip
+                )
     ancestors = _ancestor_values(nodes, first.value) if first is not None else set()
     return Localization(
         steps, first, len(nodes), _count_subgraph_nodes(graph), ancestors=frozenset(ancestors)
@@ -465,8 +488,9 @@ def _metadata_origin(node: ir.Node) -> str:
         module = next((n for n in reversed(names[:-1]) if n), "")
     fx = meta.get("pkg.torch.onnx.fx_node", "")
     m = re.search(r"target=([\w.:]+)", fx)
-    return _origin(module, m.group(1) if m else "", _source_line(meta.get(
-        "pkg.torch.onnx.stack_trace", "")))  # fmt: skip
+    return _origin(
+        module, m.group(1) if m else "", _source_line(meta.get("pkg.torch.onnx.stack_trace", ""))
+    )
 
 
 def _unchecked(node: ir.Node, compared: dict[str, Step], graph_inputs: set[str]) -> tuple[str, ...]:
@@ -476,9 +500,9 @@ def _unchecked(node: ir.Node, compared: dict[str, Step], graph_inputs: set[str])
     seen: set[str] = set()
     while stack:
         v = stack.pop()
-        if v.name in seen or v.name in compared or v.name in graph_inputs:
+        if _n(v) in seen or _n(v) in compared or _n(v) in graph_inputs:
             continue
-        seen.add(v.name)
+        seen.add(_n(v))
         producer = v.producer()
         if producer is None or producer.op_type == "Constant":
             continue
@@ -488,7 +512,7 @@ def _unchecked(node: ir.Node, compared: dict[str, Step], graph_inputs: set[str])
 
 
 def _ancestor_values(nodes: list[ir.Node], value: str) -> set[str]:
-    producers = {v.name: n for n in nodes for v in n.outputs}
+    producers = {_n(v): n for n in nodes for v in n.outputs}
     seen = {value}
     stack = [value]
     while stack:
@@ -496,7 +520,7 @@ def _ancestor_values(nodes: list[ir.Node], value: str) -> set[str]:
         if node is None:
             continue
         for v in node.inputs:
-            if v is not None and v.name not in seen:
-                seen.add(v.name)
-                stack.append(v.name)
+            if v is not None and _n(v) not in seen:
+                seen.add(_n(v))
+                stack.append(_n(v))
     return seen

@@ -18,17 +18,20 @@ def progress_bar(enabled: bool | None = None) -> Iterator[Update | None]:
         enabled: ``None`` shows the bar only when stderr is a terminal.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
     console = Console(stderr=True)
     if enabled is False or (enabled is None and not console.is_terminal):
         yield None
         return
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        console=console, transient=True,
-    ) as progress:  # fmt: skip
-        tasks: dict[str, int] = {}
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
 
         def update(description: str, done: int, total: int) -> None:
             task = tasks.get(description)

@@ -21,6 +21,8 @@ from opbridge.verification._localize import (
     Localization,
     _fx_reference,
     _torchscript_reference,
+)
+from opbridge.verification._localize import (
     localize as _localize,
 )
 from opbridge.verification._progress import progress_bar
@@ -141,8 +143,10 @@ class VerificationReport:
                 + ("ok" if o.passed else f"FAIL ({o.mismatched} elements) {o.note}".strip())
             )
         if len(self.input_sets) > 1:
-            lines.append(f"  input sets: {sum(s.passed for s in self.input_sets)} of "
-                         f"{len(self.input_sets)} pass")  # fmt: skip
+            lines.append(
+                f"  input sets: {sum(s.passed for s in self.input_sets)} of "
+                f"{len(self.input_sets)} pass"
+            )
             for s in self.input_sets:
                 shapes = " ".join("x".join(map(str, sh)) or "scalar" for sh in s.shapes)
                 lines.append(
@@ -154,11 +158,17 @@ class VerificationReport:
             lines.append(
                 f"  localisation (input set {loc.input_set}): {loc.compared} of {loc.nodes} "
                 "node outputs compared with PyTorch"
-                + (f", {loc.subgraph_nodes} nodes in subgraphs not compared"
-                   if loc.subgraph_nodes else "")  # fmt: skip
+                + (
+                    f", {loc.subgraph_nodes} nodes in subgraphs not compared"
+                    if loc.subgraph_nodes
+                    else ""
+                )
             )
-            lines.append(f"  {loc.first_divergence}" if loc.first_divergence else
-                         "  no intermediate value departs beyond tolerance")  # fmt: skip
+            lines.append(
+                f"  {loc.first_divergence}"
+                if loc.first_divergence
+                else "  no intermediate value departs beyond tolerance"
+            )
         return "\n".join(lines)
 
 
@@ -191,16 +201,34 @@ def compare(
         name = names[i] if i < len(names) else f"output_{i}"
         rows.append(
             OutputComparison(
-                i, name, want.dtype.name, tuple(want.shape), c.max_abs_diff, c.max_rel_diff,
-                c.mismatched, c.rtol, c.atol, c.passed, c.note,
-            )  # fmt: skip
+                i,
+                name,
+                want.dtype.name,
+                tuple(want.shape),
+                c.max_abs_diff,
+                c.max_rel_diff,
+                c.mismatched,
+                c.rtol,
+                c.atol,
+                c.passed,
+                c.note,
+            )
         )
     if len(actual) != len(expected):
         rows.append(
             OutputComparison(
-                len(rows), "(count)", "-", (), float("inf"), float("inf"), 0, 0.0, 0.0, False,
+                len(rows),
+                "(count)",
+                "-",
+                (),
+                float("inf"),
+                float("inf"),
+                0,
+                0.0,
+                0.0,
+                False,
                 f"ONNX Runtime gave {len(actual)} outputs, torch {len(expected)}",
-            )  # fmt: skip
+            )
         )
     return rows
 
@@ -288,9 +316,12 @@ def verify(
                 feeds = [_as_numpy(a) for a in _flatten((values, kwargs))]
                 actual = _flatten(session(*feeds))
             rows = compare(
-                expected, [np.asarray(a) for a in actual], session.output_names,
-                rtol=rtol, atol=atol,
-            )  # fmt: skip
+                expected,
+                [np.asarray(a) for a in actual],
+                session.output_names,
+                rtol=rtol,
+                atol=atol,
+            )
             expected_by_set.append(expected)
             results.append(
                 InputSetResult(index, label, tuple(_shape(v) for v in values), tuple(rows))
@@ -309,9 +340,15 @@ def verify(
                     model, values, kwargs, graph, expected_by_set[target]
                 )
             localization = _localize(
-                proto, [_as_numpy(a) for a in _flatten((values, kwargs))], reference,
-                rtol=rtol, atol=atol, providers=providers, libraries=libraries, progress=bar,
-            )  # fmt: skip
+                proto,
+                [_as_numpy(a) for a in _flatten((values, kwargs))],
+                reference,
+                rtol=rtol,
+                atol=atol,
+                providers=providers,
+                libraries=libraries,
+                progress=bar,
+            )
             localization.input_set = target
     return VerificationReport(
         passed, list(results[0].outputs), proto, exporter, repr(session), results, localization
