@@ -10,6 +10,7 @@ which node departs first, from which module and source line.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,16 +61,16 @@ class TinyEncoder(torch.nn.Module):
         return self.head(self.blocks(self.embed(x)))
 
 
-def main() -> opbridge.VerificationReport:
+def main(html: str | Path | None = None) -> opbridge.VerificationReport:
     torch.manual_seed(0)
     model = TinyEncoder().eval()
     x = torch.randn(2, 16, 32)
     report = opbridge.verify(model, (x,))  # fails, so it localises
     print(report)
-    if len(sys.argv) > 1:
-        report.save_html(sys.argv[1])
+    if html is not None:
+        report.save_html(html)
     return report
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

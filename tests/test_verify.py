@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -309,3 +311,18 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "comparing intermediate values" in buffer.getvalue()
     with _progress.progress_bar(False) as update:
         assert update is None
+
+
+def test_readme_example_localizes_the_rms_norm_kernel(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import runpy
+
+    example = Path(__file__).parent.parent / "examples" / "localize.py"
+    page = tmp_path / "encoder.html"
+    report = runpy.run_path(str(example))["main"](page)
+    found = report.first_divergence
+    assert found is not None and found.op_type == "RmsNorm" and found.inputs_max_abs_diff == 0
+    assert "module blocks.0.norm" in found.origin and "rms_norm(x, self.weight" in found.origin
+    assert "first divergence at node" in capsys.readouterr().out
+    assert found.node in page.read_text()
