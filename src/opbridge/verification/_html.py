@@ -223,7 +223,7 @@ def _svg(model: onnx.ModelProto, steps: list[Step], target: str, target_value: s
             state = "ok" if all(s.passed for s in compared) else "departs"
         diff = f"max|diff| {max(s.max_abs_diff for s in compared):.3g}" if compared else "—"
         op = f"{n.domain}::{n.op_type}" if n.domain else n.op_type
-        name = n.name if len(n.name) <= 28 else "…" + n.name[-27:]
+        name = n.name if len(n.name) <= 26 else "…" + n.name[-25:]
         stroke = ' stroke="#b3261e" stroke-width="3"' if state == "diverges" else ' stroke="#555"'
         svg.append(
             f'<g class="node {state}" data-node="{_e(n.name)}"><title>{_e(n.name)}</title>'
