@@ -326,3 +326,40 @@ def test_readme_example_localizes_the_rms_norm_kernel(
     assert "module blocks.0.norm" in found.origin and "rms_norm(x, self.weight" in found.origin
     assert "first divergence at node" in capsys.readouterr().out
     assert found.node in page.read_text()
+
+
+NATIVE_SLIGHTLY_WRONG = """
+#include <opbridge/ort_kernel.h>
+
+Ort::Status Cube(const opbridge::Tensor<float>& x, opbridge::Tensor<float>& y) {
+  float* out = y.Allocate(x.Shape());
+  const float* in = x.Data();
+  for (int64_t i = 0; i < x.NumberOfElement(); ++i) out[i] = in[i] * in[i] * in[i] + 0.01f;
+  return Ort::Status{nullptr};
+}
+
+OPBRIDGE_REGISTER_OPS(ops) { ops.Add("verify.native", "Cube", Cube); }
+"""
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_localizes_through_a_native_library(ns: str, exporter: str) -> None:
+    @opbridge.custom_op(f"{ns}::cube", domain="verify.native", op_type="Cube")
+    def cube(x: Tensor) -> Tensor:
+        return x * x * x
+
+    cube.register_native_kernel(
+        opbridge.load_inline("test_verify_native_cube", NATIVE_SLIGHTLY_WRONG)
+    )
+
+    class M(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.cos(cube(torch.sin(x)))
+
+    report = opbridge.verify(M(), (torch.randn(16),), exporter=exporter)
+    assert "verify.native::Cube: native" in report.session
+    found = report.first_divergence
+    assert found is not None, str(report)
+    assert (found.op_type, found.domain) == ("Cube", "verify.native")
+    (native,) = [n for n in report.model.graph.node if n.domain == "verify.native"]
+    assert found.node == native.name and found.max_abs_diff == pytest.approx(0.01, rel=1e-3)
