@@ -363,3 +363,16 @@ def test_localizes_through_a_native_library(ns: str, exporter: str) -> None:
     assert (found.op_type, found.domain) == ("Cube", "verify.native")
     (native,) = [n for n in report.model.graph.node if n.domain == "verify.native"]
     assert found.node == native.name and found.max_abs_diff == pytest.approx(0.01, rel=1e-3)
+
+
+def test_many_input_sets_print_failures_first() -> None:
+    from opbridge.verification import InputSetResult, OutputComparison, VerificationReport
+
+    ok = OutputComparison(0, "y", "float32", (2,), 0.0, 0.0, 0, 1.3e-6, 1e-5, True)
+    bad = OutputComparison(0, "y", "float32", (2,), 1.0, 1.0, 1, 1.3e-6, 1e-5, False)
+    sets = [InputSetResult(i, f"set{i}", ((2,),), (bad if i % 2 else ok,)) for i in range(25)]
+    text = str(VerificationReport(False, [ok], None, "dynamo", "S", sets))  # type: ignore[arg-type]
+    assert "input sets: 13 of 25 pass" in text
+    assert text.count("FAIL\n") + text.endswith("FAIL") == 10
+    assert "set1 " in text and "set0 " not in text
+    assert "... 15 more sets, 2 of them fail" in text

@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 
+_SET_ROWS = 10  # input sets listed by str(report)
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputComparison:
     """How one output of ONNX Runtime compares with PyTorch's."""
@@ -148,11 +151,22 @@ class VerificationReport:
                 f"  input sets: {sum(s.passed for s in self.input_sets)} of "
                 f"{len(self.input_sets)} pass"
             )
-            for s in self.input_sets:
+            shown = self.input_sets
+            if len(shown) > _SET_ROWS:  # the failures first; the HTML page lists every set
+                shown = sorted(shown, key=lambda s: (s.passed, s.index))[:_SET_ROWS]
+                shown.sort(key=lambda s: s.index)
+            for s in shown:
                 shapes = " ".join("x".join(map(str, sh)) or "scalar" for sh in s.shapes)
                 lines.append(
                     f"    {s.label:<20} {shapes[:28]:<28} max|diff| {s.max_abs_diff:<10.3g} "
                     + ("ok" if s.passed else "FAIL")
+                )
+            if len(shown) < len(self.input_sets):
+                hidden = [s for s in self.input_sets if s not in shown]
+                failing = sum(not s.passed for s in hidden)
+                lines.append(
+                    f"    ... {len(hidden)} more sets, "
+                    + (f"{failing} of them fail" if failing else "all pass")
                 )
         loc = self.localization
         if loc is not None:
