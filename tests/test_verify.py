@@ -103,6 +103,19 @@ class ToBfloat16(torch.nn.Module):
         return (torch.exp(x) * 3.0).to(torch.bfloat16)
 
 
+class Bfloat16InOut(torch.nn.Module):
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x.float() * 2, (x.float() + 1).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_bfloat16_inputs_reach_onnx_runtime(exporter: str) -> None:
+    x = torch.randn(16).to(torch.bfloat16)
+    report = opbridge.verify(Bfloat16InOut(), (x,), exporter=exporter, localize=True)
+    assert report.passed and report.first_divergence is None, str(report)
+    assert [o.dtype for o in report.outputs] == ["float32", "bfloat16"]
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_bfloat16_outputs(exporter: str) -> None:
     report = opbridge.verify(ToBfloat16(), (torch.randn(64),), exporter=exporter)

@@ -294,20 +294,28 @@ class Session:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            if any(o.type == "tensor(bfloat16)" for o in self._outputs):
+            if any(o.type == "tensor(bfloat16)" for o in self._outputs) or any(
+                v.dtype.name == "bfloat16" for v in feeds.values()
+            ):
                 return self._run_bfloat16(feeds)
             return self._session.run(None, feeds)
         except Exception as e:
             raise KernelError(f"ONNX Runtime failed: {e}") from e
 
     def _run_bfloat16(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """ONNX Runtime's ``run`` cannot return bfloat16 (no numpy type): copy the bits."""
+        """ONNX Runtime's ``run`` takes and returns no bfloat16 (no numpy type): pass the bits."""
         import ctypes
 
         import ml_dtypes
 
+        def ort_value(array: np.ndarray) -> Any:
+            if array.dtype.name != "bfloat16":
+                return ort.OrtValue.ortvalue_from_numpy(array)
+            bits = np.ascontiguousarray(array).view(np.uint16)
+            return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, onnx.TensorProto.BFLOAT16)
+
         values = self._session.run_with_ort_values(
-            None, {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+            None, {k: ort_value(v) for k, v in feeds.items()}
         )
         arrays = []
         for value in values:
