@@ -11,7 +11,8 @@ PyTorch's side, per exporter:
   ``torch.onnx`` decomposes it, is run by a ``torch.fx.Interpreter`` that keeps every
   node's output: every surviving FX value is compared.
 * ``torchscript``: ONNX names carry module scopes, not FX nodes. The eager model runs
-  under a ``TorchDispatchMode`` that records each torch op's outputs in call order;
+  under a ``TorchDispatchMode`` that records the outputs of every declared or lowered
+  op in call order;
   the k-th group of ONNX nodes written for a declared or lowered op (its name carries
   the op) is matched with the k-th call of that op. Outputs of submodules called once
   (forward hooks) are matched with the last node of their ONNX scope when dtype and
@@ -419,11 +420,9 @@ def localize(
     graph = model.graph
     refs, origins = reference(graph)
     outputs = {_n(v) for v in graph.outputs}
-    wanted: list[ir.Value] = []
     for node in graph:
         for v in node.outputs:
             if _n(v) in refs and _n(v) not in outputs and v.type is not None:
-                wanted.append(v)
                 graph.outputs.append(v)
     session = Session(ir.serde.serialize_model(model), providers=providers, libraries=libraries)
     got = dict(
