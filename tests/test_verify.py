@@ -214,7 +214,7 @@ def test_localize_false_and_default(ns: str) -> None:
     assert opbridge.verify(model, x).first_divergence is not None  # failed: localised
 
 
-def test_standard_node_matched_through_module_scope_torchscript(ns: str) -> None:
+def test_standard_nodes_matched_per_module_scope_torchscript(ns: str) -> None:
     class Inner(torch.nn.Module):
         def forward(self, x: Tensor) -> Tensor:
             return torch.sin(x) * 3.0
@@ -228,9 +228,13 @@ def test_standard_node_matched_through_module_scope_torchscript(ns: str) -> None
             return self.inner(x) + 1.0
 
     report = opbridge.verify(Outer(), (torch.randn(3),), exporter="torchscript", localize=True)
-    values = {s.value: s for s in report.localization.steps}  # type: ignore[union-attr]
-    inner = [s for s in values.values() if s.node.startswith("/inner/")]
-    assert len(inner) == 1 and inner[0].op_type == "Mul" and "module inner" in inner[0].origin
+    steps = report.localization.steps  # type: ignore[union-attr]
+    assert [s.op_type for s in steps] == ["Sin", "Mul", "Add"]
+    assert all(s.passed for s in steps) and report.first_divergence is None
+    sin, mul, add = steps
+    assert sin.node.startswith("/inner/") and "module inner, torch op aten::sin" in sin.origin
+    assert "torch.sin(x) * 3.0" in sin.origin and "aten::mul.Tensor" in mul.origin
+    assert add.node == "/Add" and "aten::add.Tensor" in add.origin
 
 
 # -- several input sets ------------------------------------------------------------------
@@ -389,3 +393,19 @@ def test_many_input_sets_print_failures_first() -> None:
     assert text.count("FAIL\n") + text.endswith("FAIL") == 10
     assert "set1 " in text and "set0 " not in text
     assert "... 15 more sets, 2 of them fail" in text
+
+
+def test_standard_nodes_unmatched_when_counts_differ_torchscript() -> None:
+    class Alpha(torch.nn.Module):
+        def forward(self, x: Tensor, y: Tensor) -> Tensor:
+            z = torch.add(x, y, alpha=2.0)  # ONNX: Mul then Add; ATen: one add
+            return torch.relu_(z) * 1.5  # in place: relu_, not relu
+
+    args = (torch.randn(6), torch.randn(6))
+    report = opbridge.verify(Alpha(), args, exporter="torchscript", localize=True)
+    assert report.passed and report.first_divergence is None, str(report)
+    compared = {s.op_type for s in report.localization.steps}  # type: ignore[union-attr]
+    assert "Relu" not in compared  # relu_ has no Relu twin in the dispatch record
+    ops = [n.op_type for n in report.model.graph.node]
+    assert ops.count("Mul") == 2  # alpha's Mul and the final Mul: one aten mul, not paired
+    assert [s.op_type for s in report.localization.steps].count("Mul") <= 1  # type: ignore[union-attr]

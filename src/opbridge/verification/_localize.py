@@ -14,11 +14,13 @@ PyTorch's side, per exporter:
   under a ``TorchDispatchMode`` that records the outputs of every declared or lowered
   op in call order;
   the k-th group of ONNX nodes written for a declared or lowered op (its name carries
-  the op) is matched with the k-th call of that op. Outputs of submodules called once
+  the op) is matched with the k-th call of that op. Standard nodes written one for one
+  from an ATen op (Relu, Add, Mul, Sin...) are matched per module scope in call order,
+  where counts, dtypes and shapes all agree. Outputs of submodules called once
   (forward hooks) are matched with the last node of their ONNX scope when dtype and
-  shape agree, and graph outputs with the model's outputs. Standard ONNX nodes inside
-  a module are not compared one by one: a departure there shows at the next compared
-  value, and :attr:`Divergence.unchecked` lists the nodes between.
+  shape agree, and graph outputs with the model's outputs. Other standard nodes (Gemm
+  of a Linear, MatMul...) are not compared one by one: a departure there shows at the
+  next compared value, and :attr:`Divergence.unchecked` lists the nodes between.
 """
 
 from __future__ import annotations
@@ -234,13 +236,41 @@ def _user_line() -> str:
     return ""
 
 
+# Standard ONNX nodes that the TorchScript exporter writes one for one from an ATen op
+# (as the dispatch mode sees it): matched per module scope, in call order.
+_ONE_TO_ONE: dict[str, str] = {
+    "Relu": "aten::relu.default",
+    "Sigmoid": "aten::sigmoid.default",
+    "Tanh": "aten::tanh.default",
+    "Sin": "aten::sin.default",
+    "Cos": "aten::cos.default",
+    "Exp": "aten::exp.default",
+    "Log": "aten::log.default",
+    "Sqrt": "aten::sqrt.default",
+    "Neg": "aten::neg.default",
+    "Abs": "aten::abs.default",
+    "Erf": "aten::erf.default",
+    "Add": "aten::add.Tensor",
+    "Sub": "aten::sub.Tensor",
+    "Mul": "aten::mul.Tensor",
+    "Div": "aten::div.Tensor",
+}
+
+
 class _OpRecorder(TorchDispatchMode):
-    """Records ``(op name, outputs, source line)`` of the ops in ``names`` in call order."""
+    """Records the outputs of the ops in ``names`` in call order, with the module running.
+
+    ``calls[op]`` holds ``(outputs, source line)``; ``scoped[(module path, op)]`` the
+    outputs of the one-for-one ops per innermost module.
+    """
 
     def __init__(self, names: set[str]) -> None:
         super().__init__()
         self.names = names
         self.calls: dict[str, list[tuple[list[Any], str]]] = {}
+        self.scoped: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+        self.modules: list[str] = [""]
+        self._standard = set(_ONE_TO_ONE.values())
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         result = func(*args, **(kwargs or {}))
@@ -252,6 +282,10 @@ class _OpRecorder(TorchDispatchMode):
                     [o.detach().clone() if isinstance(o, torch.Tensor) else o for o in outs],
                     _user_line(),
                 )
+            )
+        elif name in self._standard and isinstance(result, torch.Tensor):
+            self.scoped.setdefault((self.modules[-1], name), []).append(
+                (result.detach().clone(), _user_line())
             )
         return result
 
@@ -288,12 +322,17 @@ def _torchscript_reference(
     module_out: dict[str, list[Any]] = {}
     names = {m: n for n, m in model.named_modules() if n}
 
+    def enter(module: torch.nn.Module, _inp: Any) -> None:
+        recorder.modules.append(names[module])
+
     def hook(module: torch.nn.Module, _inp: Any, out: Any) -> None:
+        recorder.modules.pop()
         module_out.setdefault(names[module], []).append(
             out.detach().clone() if isinstance(out, torch.Tensor) else None
         )
 
-    handles = [m.register_forward_hook(hook) for m in names]
+    handles = [m.register_forward_pre_hook(enter) for m in names]
+    handles += [m.register_forward_hook(hook) for m in names]
     try:
         with torch.no_grad(), recorder:
             model(*args, **kwargs)
@@ -339,6 +378,7 @@ def _torchscript_reference(
         if count != len(recorder.calls.get(keys[key], [])):
             for name in [n for n in values if group_key.get(n) == key]:
                 values.pop(name)
+    _match_standard_nodes(graph, recorder, values, origins)
     for path, outs in module_out.items():
         value = last_in_scope.get(path)
         if len(outs) != 1 or outs[0] is None or value is None or _n(value) in values:
@@ -351,6 +391,33 @@ def _torchscript_reference(
     for value, want in zip(graph.outputs, expected_outputs, strict=False):
         values.setdefault(_n(value), want)
     return values, origins
+
+
+def _match_standard_nodes(
+    graph: ir.Graph, recorder: _OpRecorder, values: dict[str, Any], origins: dict[str, str]
+) -> None:
+    """Pairs one-for-one standard nodes with ATen calls of the same module, in order.
+
+    Only where the counts agree for that module and op, and every pair has the same
+    dtype and shape; otherwise the nodes stay uncompared (never a guessed pair).
+    """
+    nodes: dict[tuple[str, str], list[ir.Value]] = {}
+    for node in graph:
+        aten = _ONE_TO_ONE.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        name = node.name or ""
+        if aten is None or len(node.outputs) != 1 or re.search(r"(^|/)L\d+_", name):
+            continue  # not one for one, or written by a lowering
+        nodes.setdefault((_scope_path(name), aten), []).append(node.outputs[0])
+    for key, outs in nodes.items():
+        calls = recorder.scoped.get(key, [])
+        if len(calls) != len(outs):
+            continue
+        if not all(_fits(v, t) for v, (t, _) in zip(outs, calls, strict=True)):
+            continue
+        for v, (tensor, line) in zip(outs, calls, strict=True):
+            if _n(v) not in values:
+                values[_n(v)] = tensor
+                origins[_n(v)] = _origin(key[0], key[1], line)
 
 
 def _n(value: ir.Value) -> str:
