@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 import onnxscript.values
 import torch
@@ -119,8 +118,12 @@ def _attr(p: Param, value: Any) -> Any:
     return value
 
 
-def export_dynamo(model: Any, table: PlaceholderTable, settings: ExportSettings) -> onnx.ModelProto:
-    """Exports with ``dynamo=True``; placeholders stand for every lowered op."""
+def export_dynamo(model: Any, table: PlaceholderTable, settings: ExportSettings) -> ir.Model:
+    """Exports with ``dynamo=True``; placeholders stand for every lowered op.
+
+    Returns the ``onnx_ir`` model torch's exporter builds, as is: its weights are
+    still the module's tensors, nothing is serialized.
+    """
     table.register_schemas()
     opset = onnxscript.values.Opset(PLACEHOLDER_DOMAIN, 1)
     translation_table = {p.overload: _translation(p, opset) for p in table.entries.values()}
@@ -139,4 +142,4 @@ def export_dynamo(model: Any, table: PlaceholderTable, settings: ExportSettings)
         optimize=True,
     )
     assert program is not None  # torch returns None only when asked not to build a program
-    return program.model_proto
+    return program.model

@@ -6,13 +6,16 @@ import dataclasses
 import functools
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Literal
 
 import onnx
+import onnx_ir as ir
 import torch
 
 from opbridge._errors import ExportError, OpbridgeError
+from opbridge._model import EXTERNAL_DATA_THRESHOLD, initializer_nbytes
 from opbridge._registry import REGISTRY
 from opbridge.declaration._signature import overload_name
 from opbridge.exporters._dynamo import export_dynamo
@@ -77,6 +80,7 @@ def export(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     contrib_ops: bool = False,
+    external_data: bool | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> onnx.ModelProto:
     """Exports ``model`` to ONNX, writing every declared op and lowering.
@@ -95,14 +99,23 @@ def export(
         output_names: Names of the graph outputs.
         contrib_ops: Also use the shipped ``com.microsoft`` lowerings that replace a
             standard ONNX form (``Gelu``, ``Trilu``, ``GridSample``).
+        external_data: Where the weights go when ``f`` is a path. ``None`` (default):
+            beside the file, in ``<f>.data``, when they exceed 1.5 GB (a protobuf
+            cannot hold 2 GB), else inside it; ``True``: always beside it (tensors
+            over 256 bytes), as ``torch.onnx.export`` does; ``False``: always inside.
         kwargs: Keyword inputs of ``model``.
 
     Returns:
         The ONNX model, checked to carry no placeholder and a schema for each custom op.
+        When the weights were written to external data, the returned proto holds no
+        weights: its initializers refer to ``<f>.data``, and it is run from the path
+        (``opbridge.Session("m.onnx")``) or loaded with
+        ``onnx.load("m.onnx")`` (which reads the data back).
 
     Raises:
         ExportError: An op has no lowering (the message names it and how to add one),
-            a custom opset is too low, or torch's exporter failed.
+            a custom opset is too low, the model is over 2 GB and ``f`` is not a
+            path, or torch's exporter failed.
     """
     if exporter not in ("dynamo", "torchscript"):
         raise ExportError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
@@ -117,25 +130,36 @@ def export(
         input_names=list(input_names) if input_names else None,
         output_names=list(output_names) if output_names else None,
     )
+    with tempfile.TemporaryDirectory(prefix="opbridge-export-") as workdir:
+        model_ir = _export_ir(model, exporter, table, settings, workdir)
+        expand(model_ir, table, custom_opsets=custom_opsets)
+        return _save(model_ir, f, external_data)
+
+
+def _export_ir(
+    model: Any, exporter: str, table: PlaceholderTable, settings: ExportSettings, workdir: str
+) -> ir.Model:
+    """Runs torch's exporter; the model it returns holds placeholders."""
     try:
         if exporter == "dynamo":
+            _check_dynamo_opset(settings.opset_version)
             if isinstance(model, torch.export.ExportedProgram):
                 program = model
             else:
                 program = torch.export.export(
-                    model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes
-                )
+                    model, settings.args, kwargs=settings.kwargs,
+                    dynamic_shapes=settings.dynamic_shapes,
+                )  # fmt: skip
             _check_ops(program, table)
             # The program already carries the dynamic shapes.
-            proto = export_dynamo(
+            model_ir = export_dynamo(
                 program, table, dataclasses.replace(settings, dynamic_shapes=None)
             )
-        else:
-            if isinstance(model, torch.export.ExportedProgram):
-                raise ExportError(
-                    "exporter='torchscript' needs an nn.Module, not an ExportedProgram"
-                )
-            proto = export_torchscript(model, table, settings)
+            _check_written_opset(model_ir, settings.opset_version)
+            return model_ir
+        if isinstance(model, torch.export.ExportedProgram):
+            raise ExportError("exporter='torchscript' needs an nn.Module, not an ExportedProgram")
+        return export_torchscript(model, table, settings, workdir)
     except OpbridgeError:
         raise
     except Exception as e:
@@ -143,13 +167,62 @@ def export(
         if inner is not None:
             raise inner from e
         raise ExportError(_describe_failure(e, exporter)) from e
-    proto = expand(proto, table, custom_opsets=custom_opsets)
+
+
+def _save(
+    model: ir.Model, f: str | os.PathLike[str] | IO[bytes] | None, external_data: bool | None
+) -> onnx.ModelProto:
+    """Writes ``model`` to ``f`` and returns its proto, with external data when asked or big."""
+    is_path = isinstance(f, (str, os.PathLike))
+    size = initializer_nbytes(model)
+    if external_data is None:
+        external_data = size > EXTERNAL_DATA_THRESHOLD
+    if external_data:
+        if not is_path:
+            raise ExportError(
+                f"The model's weights ({size / 2**30:.2f} GiB) must be written as external data "
+                f"beside the model file (a protobuf cannot hold 2 GB), which needs a path: "
+                f"opbridge.export(model, args, 'model.onnx')."
+            )
+        path = os.fspath(f)  # type: ignore[arg-type]
+        # The file's weights are written straight from the tensors, never as one proto.
+        ir.save(model, path, external_data=os.path.basename(path) + ".data")
+        return onnx.load(path, load_external_data=False)
+    if size > EXTERNAL_DATA_THRESHOLD:
+        raise ExportError(
+            f"The model's weights ({size / 2**30:.2f} GiB) do not fit in one protobuf (2 GB); "
+            f"export to a path with external_data=None or True."
+        )
+    proto = ir.serde.serialize_model(model)
     if f is not None:
         if hasattr(f, "write"):
             f.write(proto.SerializeToString())  # type: ignore[union-attr]
         else:
-            onnx.save(proto, os.fspath(f))
+            onnx.save(proto, os.fspath(f))  # type: ignore[arg-type]
     return proto
+
+
+def _check_dynamo_opset(opset_version: int | None) -> None:
+    """The dynamo exporter writes opset 18 and converts up from there, never down."""
+    if opset_version is None:
+        return
+    newest = onnx.defs.onnx_opset_version()
+    if not 18 <= opset_version <= newest:
+        raise ExportError(
+            f"opset_version={opset_version} is not supported by exporter='dynamo' (it writes "
+            f"opsets 18 to {newest}); use exporter='torchscript' for opsets 7 to 17, or "
+            f"choose a version in 18..{newest}."
+        )
+
+
+def _check_written_opset(model: ir.Model, opset_version: int | None) -> None:
+    written = model.opset_imports.get("")
+    if opset_version is not None and written is not None and written != opset_version:
+        raise ExportError(
+            f"exporter='dynamo' was asked for opset_version={opset_version} but wrote opset "
+            f"{written} (torch's version converter could not convert this model); export with "
+            f"opset_version={written} or exporter='torchscript'."
+        )
 
 
 def _describe_failure(error: Exception, exporter: str) -> str:

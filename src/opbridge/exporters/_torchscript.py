@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+import os
 import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 import torch
 from torch.onnx import symbolic_helper
 
 from opbridge._errors import ExportError
+from opbridge._model import EXTERNAL_DATA_THRESHOLD
 from opbridge.exporters._settings import ExportSettings
 from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, PlaceholderTable
 
@@ -164,12 +168,19 @@ def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
 
 
 def export_torchscript(
-    model: Any, table: PlaceholderTable, settings: ExportSettings
-) -> onnx.ModelProto:
-    """Exports with ``dynamo=False``; placeholders stand for every lowered op."""
+    model: Any, table: PlaceholderTable, settings: ExportSettings, workdir: str
+) -> ir.Model:
+    """Exports with ``dynamo=False``; placeholders stand for every lowered op.
+
+    A model whose weights fit a protobuf is exported in memory and read into
+    onnx-ir without copying its tensors; a bigger one is written to ``workdir`` with
+    external data (as torch does for a file path) and loaded lazily from there, so
+    its weights stay on disk until they are saved.
+    """
     opset = settings.opset_version or 20
     dynamic_axes = _dynamic_axes(settings.dynamic_shapes, settings.input_names)
-    buffer = io.BytesIO()
+    big = _weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+    target: Any = os.path.join(workdir, "model.onnx") if big else io.BytesIO()
     # The legacy exporter prints its whole graph on failure; the error says enough.
     with (
         _symbolics(table, opset),
@@ -180,7 +191,7 @@ def export_torchscript(
         torch.onnx.export(
             model,
             settings.args,
-            buffer,  # type: ignore[arg-type]  # torch accepts a binary file too
+            target,
             kwargs=settings.kwargs,
             dynamo=False,
             opset_version=opset,
@@ -188,7 +199,18 @@ def export_torchscript(
             output_names=settings.output_names,
             dynamic_axes=dynamic_axes,
         )
-    return onnx.load_from_string(buffer.getvalue())
+    if big:
+        return ir.load(target)
+    proto = onnx.load_from_string(target.getvalue())
+    target.close()
+    return ir.serde.deserialize_model(proto)
+
+
+def _weights_nbytes(model: Any) -> int:
+    if not isinstance(model, torch.nn.Module):
+        return 0
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _dynamic_axes(dynamic_shapes: Any, input_names: list[str] | None) -> Any:

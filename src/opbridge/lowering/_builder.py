@@ -14,70 +14,101 @@ types and constant values are known.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
 from opbridge._errors import LoweringError
 
 __all__ = ["Builder", "Value"]
 
 
-@dataclasses.dataclass(eq=False)
 class Value:
-    """A value in the ONNX graph being written.
+    """A value of the ONNX graph being written (a view of an ``onnx_ir.Value``).
 
     Attributes:
         name: The ONNX value name.
         elem_type: ONNX element type (``onnx.TensorProto.FLOAT``...), 0 when unknown.
         shape: Dimensions (ints, or strings for symbolic dims), ``None`` when unknown.
+        ir: The underlying ``onnx_ir.Value``.
     """
 
-    name: str
-    elem_type: int = 0
-    shape: tuple[int | str | None, ...] | None = None
+    __slots__ = ("ir",)
+
+    def __init__(self, value: ir.Value) -> None:
+        self.ir = value
+
+    @property
+    def name(self) -> str:
+        return self.ir.name or ""
+
+    @property
+    def elem_type(self) -> int:
+        dtype = self.ir.dtype
+        return int(dtype) if dtype is not None else 0
+
+    @property
+    def shape(self) -> tuple[int | str | None, ...] | None:
+        shape = self.ir.shape
+        if shape is None:
+            return None
+        return tuple(d if isinstance(d, int) else d.value for d in shape)
 
     @property
     def dtype(self) -> np.dtype | None:
         """The numpy dtype, or ``None`` when unknown."""
         if not self.elem_type:
             return None
-        return helper.tensor_dtype_to_np_dtype(self.elem_type)
+        return onnx.helper.tensor_dtype_to_np_dtype(self.elem_type)
 
     @property
     def rank(self) -> int | None:
-        return None if self.shape is None else len(self.shape)
+        return None if self.ir.shape is None else len(self.ir.shape)
 
     def __repr__(self) -> str:
         dtype = self.dtype.name if self.dtype is not None else "?"
         return f"Value({self.name!r}, {dtype}, shape={self.shape})"
 
 
+def constant_of(value: ir.Value) -> np.ndarray | None:
+    """The value of an initializer or a ``Constant`` node's output; ``None`` otherwise.
+
+    Only this value is read: nothing else of the model is converted.
+    """
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    node = value.producer()
+    if node is None or node.op_type != "Constant" or node.domain != "" or not node.attributes:
+        return None
+    attr = next(iter(node.attributes.values()))
+    if attr.type == ir.AttributeType.TENSOR:
+        return attr.value.numpy()
+    if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
+        return np.asarray(attr.value)
+    return None
+
+
 class GraphContext:
-    """What a builder writes into: new nodes plus what is known of existing values."""
+    """What one lowering call writes: new nodes, and the opsets they use."""
 
     def __init__(
         self,
         *,
-        types: dict[str, tuple[int, tuple[Any, ...] | None]],
-        constants: dict[str, np.ndarray],
         opset_versions: dict[str, int],
         name_prefix: str,
         taken_names: set[str],
     ) -> None:
-        self.types = types
-        self.constants = constants
         self.opset_versions = opset_versions  # domain -> version in use (default domain "")
-        self.nodes: list[onnx.NodeProto] = []
+        self.nodes: list[ir.Node] = []
         self.used_domains: dict[str, int] = {}
         self._prefix = name_prefix
         self._taken = taken_names
         self._counter = itertools.count()
+        self._constants: dict[int, np.ndarray] = {}
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -86,13 +117,18 @@ class GraphContext:
                 self._taken.add(name)
                 return name
 
-    def value(self, name: str) -> Value:
-        elem_type, shape = self.types.get(name, (0, None))
-        return Value(name, elem_type, shape)
+    def constant(self, value: Value) -> np.ndarray | None:
+        key = id(value.ir)
+        if key not in self._constants:
+            array = constant_of(value.ir)
+            if array is None:
+                return None
+            self._constants[key] = array
+        return self._constants[key]
 
 
 def _attr_value(value: Any) -> Any:
-    """Turns dtypes into ONNX enums and numpy arrays into tensors; other values as is."""
+    """Turns dtypes into ONNX enums and arrays into tensors; other values as is."""
     try:
         import torch
 
@@ -106,18 +142,55 @@ def _attr_value(value: Any) -> Any:
         pass
     if isinstance(value, (np.dtype, type)) and value is not bool and value not in (int, float):
         try:
-            return helper.np_dtype_to_tensor_dtype(np.dtype(value))
+            return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(value))
         except TypeError:
             pass
     if isinstance(value, np.ndarray):
-        return numpy_helper.from_array(value)
+        return ir.tensor(value)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], bool):
-        return [int(v) for v in value]
+    if isinstance(value, (list, tuple)):
+        return [int(v) if isinstance(v, bool) else _attr_value(v) for v in value]
     return value
+
+
+def _infer(node: ir.Node, version: int) -> None:
+    """Types the outputs of one node from its inputs (ONNX's inference for that node).
+
+    Standard ops use ONNX's own rules, declared ops their fake implementation (via
+    the schema opbridge registers). Only the nodes a lowering writes are inferred,
+    never the whole model; a node ONNX cannot infer keeps untyped outputs.
+    """
+    if all(o.type is not None for o in node.outputs):
+        return
+    try:
+        schema = onnx.defs.get_schema(node.op_type, version, node.domain)
+        types = {
+            v.name: ir.serde.serialize_value(v).type
+            for v in node.inputs
+            if v is not None and v.name and v.type is not None
+        }
+        inferred = onnx.shape_inference.infer_node_outputs(
+            schema, ir.serde.serialize_node(node), types
+        )
+    except Exception:  # inference only adds facts
+        return
+    for out in node.outputs:
+        type_proto = inferred.get(out.name or "")
+        if type_proto is None or not type_proto.HasField("tensor_type"):
+            continue
+        tensor_type = type_proto.tensor_type
+        if tensor_type.elem_type:
+            out.dtype = ir.DataType(tensor_type.elem_type)
+        if tensor_type.HasField("shape"):
+            out.shape = ir.Shape(
+                [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in tensor_type.shape.dim
+                ]
+            )
 
 
 class _NodeFactory:
@@ -195,36 +268,39 @@ class Builder:
     ) -> Any:
         """Writes one node; the general form behind ``op.Add(...)``."""
         like = next((v for v in inputs if isinstance(v, Value) and v.elem_type), None)
-        names: list[str] = []
+        values: list[ir.Value | None] = []
         for v in inputs:
             if v is None:
-                names.append("")
+                values.append(None)
             elif isinstance(v, Value):
-                names.append(v.name)
+                values.append(v.ir)
             elif isinstance(v, (int, float, bool, np.ndarray, np.generic, list, tuple)):
-                names.append(self.constant(v, like=like).name)
+                values.append(self.constant(v, like=like).ir)
             else:
                 raise LoweringError(
                     f"Lowering of {self._target}: input {v!r} of {op_type} is neither a value "
                     f"nor a constant."
                 )
-        out_names = [self._ctx.fresh(op_type) for _ in range(outputs)]
-        node_attrs = {k: _attr_value(v) for k, v in attrs.items() if v is not None}
         try:
-            node = helper.make_node(
-                op_type, names, out_names, name=self._ctx.fresh(op_type + "_node"),
-                domain=domain, **node_attrs,
-            )  # fmt: skip
+            node_attrs = ir.convenience.convert_attributes(
+                {k: _attr_value(v) for k, v in attrs.items() if v is not None}
+            )
         except (ValueError, TypeError) as e:
             raise LoweringError(
                 f"Lowering of {self._target}: bad attribute for {op_type}: {e}"
             ) from e
+        node = ir.Node(
+            domain, op_type, values, node_attrs,
+            outputs=[ir.Value(name=self._ctx.fresh(op_type)) for _ in range(outputs)],
+            name=self._ctx.fresh(op_type + "_node"),
+        )  # fmt: skip
         self._ctx.nodes.append(node)
         if domain:
             self._ctx.used_domains[domain] = max(
                 version or 1, self._ctx.used_domains.get(domain, 1)
             )
-        results = tuple(Value(n) for n in out_names)
+        _infer(node, version or self.opset_version if domain else self.opset_version)
+        results = tuple(Value(o) for o in node.outputs)
         return results[0] if outputs == 1 else results
 
     def call(self, target: Any, *args: Any, **kwargs: Any) -> Any:
@@ -267,13 +343,13 @@ class Builder:
         if array.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray):
             array = array.astype(np.float32)  # Python floats default to float32, as in torch
         name = self._ctx.fresh("constant")
-        node = helper.make_node(
-            "Constant", [], [name], name=name + "_node", value=numpy_helper.from_array(array)
-        )
+        tensor = ir.tensor(array, name=name)
+        out = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(array.shape))
+        out.const_value = tensor  # op.value_of reads it back
+        node = ir.Node("", "Constant", [], [ir.AttrTensor("value", tensor)], outputs=[out],
+                       name=name + "_node")  # fmt: skip
         self._ctx.nodes.append(node)
-        self._ctx.constants[name] = array
-        self._ctx.types[name] = (helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
-        return Value(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+        return Value(out)
 
     # -- reading constants -------------------------------------------------------------
     def value_of(self, value: Value) -> np.ndarray:
@@ -284,14 +360,15 @@ class Builder:
         """
         if isinstance(value, (int, float, bool, np.ndarray)):
             return np.asarray(value)
-        if not isinstance(value, Value) or value.name not in self._ctx.constants:
+        array = self._ctx.constant(value) if isinstance(value, Value) else None
+        if array is None:
             name = value.name if isinstance(value, Value) else repr(value)
             raise LoweringError(
                 f"Lowering of {self._target} needs the value of '{name}' at export time, but "
                 f"it is computed at run time. Pass a constant (e.g. torch.tensor([...]) made "
                 f"inside forward, or a Python number) instead of a model input."
             )
-        return self._ctx.constants[value.name]
+        return array
 
     def scalar_of(self, value: Value) -> Any:
         """Like :meth:`value_of` for a one-element constant, as a Python number."""
@@ -305,7 +382,7 @@ class Builder:
 
     def is_constant(self, value: Value) -> bool:
         """Whether ``value`` is known at export time."""
-        return isinstance(value, Value) and value.name in self._ctx.constants
+        return isinstance(value, Value) and self._ctx.constant(value) is not None
 
 
 def flatten_outputs(result: Any) -> Sequence[Value]:

@@ -14,11 +14,10 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
 from opbridge._errors import ExportError, LoweringError
+from opbridge._model import all_nodes
 from opbridge._registry import Lowering, Registry
 from opbridge.declaration._schema import fake_infer, make_schema, register_schema
 from opbridge.declaration._signature import OpLayout, layout_of
@@ -80,12 +79,10 @@ class PlaceholderTable:
             )
 
 
-def _attr_to_python(param: Any, proto: onnx.AttributeProto) -> Any:
-    value = helper.get_attribute_value(proto)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
+def _attr_to_python(param: Any, attr: ir.Attr) -> Any:
+    value = attr.value
+    if isinstance(value, (list, tuple)):
+        value = list(value)
     if param is not None and param.is_bool:
         return [bool(v) for v in value] if isinstance(value, list) else bool(value)
     if param is not None and param.attr_kind == "int" and isinstance(value, float):
@@ -93,43 +90,11 @@ def _attr_to_python(param: Any, proto: onnx.AttributeProto) -> Any:
     return value
 
 
-def _known_types(model: onnx.ModelProto) -> dict[str, tuple[int, tuple[Any, ...] | None]]:
-    types: dict[str, tuple[int, tuple[Any, ...] | None]] = {}
-    graph = model.graph
-    for vi in itertools.chain(graph.input, graph.output, graph.value_info):
-        t = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            continue
-        shape = None
-        if t.HasField("shape"):
-            shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in t.shape.dim
-            )
-        types[vi.name] = (t.elem_type, shape)
-    for init in graph.initializer:
-        types[init.name] = (init.data_type, tuple(init.dims))
-    return types
-
-
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.attribute:
-            attr = node.attribute[0]
-            value = helper.get_attribute_value(attr)
-            if isinstance(value, onnx.TensorProto):
-                consts[node.output[0]] = numpy_helper.to_array(value)
-            elif attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                consts[node.output[0]] = np.asarray(value)
-    return consts
-
-
 def _call_lowering(
-    pending: Pending, builder: Builder, node: onnx.NodeProto, values: list[Value | None]
+    pending: Pending, builder: Builder, node: ir.Node, values: list[Value | None]
 ) -> Any:
     layout = pending.layout
-    attrs = {a.name: a for a in node.attribute}
+    attrs = node.attributes
     positional: list[Any] = []
     keyword: dict[str, Any] = {}
     cursor = 0
@@ -165,40 +130,62 @@ def _call_lowering(
         ) from e
 
 
-def _splice(ctx: GraphContext, produced: list[Value], wanted: list[str]) -> list[onnx.NodeProto]:
-    """Renames the lowering's results to the placeholder's output names."""
-    if len(produced) != len(wanted):
-        raise LoweringError(f"the lowering returned {len(produced)} values, expected {len(wanted)}")
-    made = {o for n in ctx.nodes for o in n.output}
-    rename: dict[str, str] = {}
-    extra: list[onnx.NodeProto] = []
-    for value, target in zip(produced, wanted, strict=True):
-        if not target:
-            continue
-        if value.name in made and value.name not in rename:
-            rename[value.name] = target
-        else:  # a graph value returned as is, or one value returned twice
-            extra.append(
-                helper.make_node(
-                    "Identity",
-                    [rename.get(value.name, value.name)],
-                    [target],
-                    name=ctx.fresh("Identity_node"),
-                )
+def _check_count(pending: Pending, produced: list[Value], wanted: int) -> None:
+    if len(produced) != wanted:
+        raise LoweringError(
+            f"Lowering '{pending.lowering.name}' for {pending.layout.name}: the lowering "
+            f"returned {len(produced)} values, expected {wanted}"
+        )
+
+
+def _splice(ctx: GraphContext, placeholder: ir.Node, produced: list[Value]) -> None:
+    """Puts the lowering's nodes in place of ``placeholder``.
+
+    A value the lowering wrote takes the placeholder output's name, type and users; a
+    value it returned as is (a graph value, or one value returned twice) goes through
+    an ``Identity`` node, so that every output keeps its own name.
+    """
+    made = {id(o) for n in ctx.nodes for o in n.outputs}
+    taken: set[int] = set()
+    nodes = list(ctx.nodes)
+    pairs: list[tuple[ir.Value, ir.Value]] = []
+    for value, old in zip(produced, placeholder.outputs, strict=True):
+        new = value.ir
+        if id(new) not in made or id(new) in taken:
+            identity = ir.Node(
+                "", "Identity", [new], outputs=[ir.Value()], name=ctx.fresh("Identity_node")
             )
-    for n in ctx.nodes:
-        n.input[:] = [rename.get(i, i) for i in n.input]
-        n.output[:] = [rename.get(o, o) for o in n.output]
-    return [*ctx.nodes, *extra]
+            nodes.append(identity)
+            new = identity.outputs[0]
+        taken.add(id(new))
+        pairs.append((old, new))
+    graph = placeholder.graph
+    assert graph is not None
+    graph.insert_before(placeholder, nodes)
+    for old, new in pairs:
+        name, dtype, shape = old.name, old.dtype, old.shape
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        old.name = None
+        new.name = name
+        if dtype is not None:
+            new.dtype = dtype
+        if shape is not None and new.shape is None:
+            new.shape = shape
+    graph.remove(placeholder, safe=True)
 
 
 def expand(
-    model: onnx.ModelProto,
+    model: ir.Model,
     table: PlaceholderTable,
     *,
     custom_opsets: Mapping[str, int] | None = None,
-) -> onnx.ModelProto:
+) -> ir.Model:
     """Replaces every placeholder in ``model`` by the nodes its lowering writes.
+
+    Placeholders are found in the main graph, in control-flow bodies at any depth
+    and in local functions; the model is edited in place. Only the values a
+    lowering asks for are read (``op.value_of``); no shape inference runs: types
+    come from the exporter's values and the declared ops' fake implementations.
 
     Args:
         model: An exported model holding placeholder nodes.
@@ -209,167 +196,142 @@ def expand(
         ExportError: A domain's requested version is below what its ops need.
         LoweringError: A lowering failed; the message names it and the op.
     """
-    model = _inferred(model)
-    types = _known_types(model)
-    constants = _constants(model)
-    opsets = {o.domain: o.version for o in model.opset_import}
-    taken = {o for n in model.graph.node for o in n.output} | set(types)
+    placeholders = [n for n in all_nodes(model) if n.domain == PLACEHOLDER_DOMAIN]
     used_domains: dict[str, int] = {}
-    functions: dict[tuple[Any, ...], onnx.FunctionProto] = {}
-    new_nodes: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        if node.domain != PLACEHOLDER_DOMAIN:
-            new_nodes.append(node)
-            continue
-        pending = table.entries.get(node.op_type)
-        if pending is None:  # pragma: no cover - would be an adapter bug
-            raise ExportError(f"unknown placeholder {node.op_type}")
-        ctx = GraphContext(
-            types=types,
-            constants=constants,
-            opset_versions=opsets,
-            name_prefix=node.name or pending.key,
-            taken_names=taken,
-        )
-        builder = Builder(ctx, target=pending.layout.name)
-        values = [ctx.value(n) if n else None for n in node.input]
-        if pending.lowering.function_domain:
-            call = _as_function(pending, node, values, opsets, functions, used_domains)
-            new_nodes.append(call)
-            continue
-        result = _call_lowering(pending, builder, node, values)
-        try:
-            new_nodes.extend(_splice(ctx, list(flatten_outputs(result)), list(node.output)))
-        except LoweringError as e:
-            raise LoweringError(
-                f"Lowering '{pending.lowering.name}' for {pending.layout.name}: {e}"
-            ) from None
-        for d, v in ctx.used_domains.items():
-            used_domains[d] = max(v, used_domains.get(d, 1))
-    model.graph.ClearField("node")
-    model.graph.node.extend(new_nodes)
-    model.functions.extend(functions.values())
-    _refuse_leftovers(model)
-    _prune(model.graph)
+    if placeholders:
+        taken = {v.name for n in all_nodes(model) for v in n.outputs if v.name}
+        taken |= {v.name for v in model.graph.inputs if v.name}
+        taken |= set(model.graph.initializers)
+        opsets = dict(model.opset_imports)
+        functions: dict[tuple[Any, ...], ir.Function] = {}
+        for node in placeholders:
+            _expand_one(node, table, opsets, taken, functions, used_domains)
+        for fn in functions.values():
+            model.functions[fn.identifier()] = fn
     _set_opsets(model, used_domains, custom_opsets or {})
-    return _inferred(model)
+    return model
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with inferred value types, or as is if inference fails.
-
-    Inference only adds type facts; a model ONNX cannot infer is still exported.
-    """
-    try:
-        return onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        return model
+def _expand_one(
+    node: ir.Node,
+    table: PlaceholderTable,
+    opsets: dict[str, int],
+    taken: set[str],
+    functions: dict[tuple[Any, ...], ir.Function],
+    used_domains: dict[str, int],
+) -> None:
+    pending = table.entries.get(node.op_type)
+    if pending is None:  # pragma: no cover - would be an adapter bug
+        raise ExportError(f"unknown placeholder {node.op_type}")
+    graph = node.graph
+    if isinstance(graph, ir.Function):  # pragma: no cover - ir gives the function's graph
+        graph = graph.graph
+    local_opsets = dict(opsets)
+    if graph is not None and graph.opset_imports:
+        local_opsets.update(graph.opset_imports)
+    ctx = GraphContext(
+        opset_versions=local_opsets, name_prefix=node.name or pending.key, taken_names=taken
+    )
+    values = [Value(v) if v is not None else None for v in node.inputs]
+    inputs = [v for v in node.inputs if v is not None]
+    if pending.lowering.function_domain:
+        call = _as_function(pending, node, values, local_opsets, functions, used_domains, ctx)
+        produced = [Value(o) for o in call.outputs]
+        ctx.nodes.append(call)
+    else:
+        builder = Builder(ctx, target=pending.layout.name)
+        produced = list(flatten_outputs(_call_lowering(pending, builder, node, values)))
+    _check_count(pending, produced, len(node.outputs))
+    _splice(ctx, node, produced)
+    for d, v in ctx.used_domains.items():
+        used_domains[d] = max(v, used_domains.get(d, 1))
+    _prune(inputs)
 
 
 def _as_function(
     pending: Pending,
-    node: onnx.NodeProto,
+    node: ir.Node,
     values: list[Value | None],
     opsets: dict[str, int],
-    functions: dict[tuple[Any, ...], onnx.FunctionProto],
+    functions: dict[tuple[Any, ...], ir.Function],
     used_domains: dict[str, int],
-) -> onnx.NodeProto:
+    outer: GraphContext,
+) -> ir.Node:
     """Writes the lowering as an ONNX local function and returns the calling node."""
     lowering = pending.lowering
     domain = lowering.function_domain
     assert domain is not None
     present = [(i, v) for i, v in enumerate(values) if v is not None]
-    attrs = tuple(sorted((a.name, str(helper.get_attribute_value(a))) for a in node.attribute))
+    attrs = tuple(sorted((a.name, repr(a.value)) for a in node.attributes.values()))
     signature = (domain, lowering.name, attrs, tuple((i, v.elem_type) for i, v in present))
     if signature not in functions:
-        formal = [Value(f"input_{i}", v.elem_type, v.shape) for i, v in present]
         formal_by_pos: list[Value | None] = [None] * len(values)
-        for (i, _), f in zip(present, formal, strict=True):
-            formal_by_pos[i] = f
+        formal: list[ir.Value] = []
+        for i, v in present:
+            f = ir.Value(name=f"input_{i}", type=v.ir.type, shape=v.ir.shape)
+            formal.append(f)
+            formal_by_pos[i] = Value(f)
         ctx = GraphContext(
-            types={f.name: (f.elem_type, f.shape) for f in formal}, constants={},
-            opset_versions=opsets, name_prefix=lowering.name,
-            taken_names={f.name for f in formal},
-        )  # fmt: skip
+            opset_versions=opsets,
+            name_prefix=lowering.name,
+            taken_names={f"input_{i}" for i, _ in present},
+        )
         result = _call_lowering(
             pending, Builder(ctx, target=pending.layout.name), node, formal_by_pos
         )
-        outs = [f"output_{j}" for j in range(len(node.output))]
-        body = _splice(ctx, list(flatten_outputs(result)), outs)
+        produced = list(flatten_outputs(result))
+        _check_count(pending, produced, len(node.outputs))
+        made = {id(o) for n in ctx.nodes for o in n.outputs}
+        outputs: list[ir.Value] = []
+        for j, value in enumerate(produced):
+            out = value.ir
+            if id(out) not in made or any(out is o for o in outputs):
+                identity = ir.Node("", "Identity", [out], outputs=[ir.Value()])
+                ctx.nodes.append(identity)
+                out = identity.outputs[0]
+            out.name = f"output_{j}"
+            outputs.append(out)
         same_name = sum(1 for k in functions if k[:2] == signature[:2])
         fn_opsets = {"": opsets.get("", 18), **ctx.used_domains}
-        functions[signature] = helper.make_function(
-            domain, lowering.name, [f.name for f in formal], outs, body,
-            opset_imports=[helper.make_opsetid(d, v) for d, v in fn_opsets.items()],
-            overload=str(same_name) if same_name else "",
+        functions[signature] = ir.Function(
+            domain, lowering.name, str(same_name) if same_name else "",
+            graph=ir.Graph(formal, outputs, nodes=ctx.nodes, opset_imports=fn_opsets),
+            attributes=[],
         )  # fmt: skip
-        for d, v in ctx.used_domains.items():
-            used_domains[d] = max(v, used_domains.get(d, 1))
+        for d, version in ctx.used_domains.items():
+            used_domains[d] = max(version, used_domains.get(d, 1))
     fn = functions[signature]
     used_domains.setdefault(domain, 1)
-    call = helper.make_node(
-        fn.name, [v.name for _, v in present], list(node.output), name=node.name, domain=domain
-    )
-    if fn.overload:
-        call.overload = fn.overload
-    return call
+    return ir.Node(
+        domain, fn.name, [v.ir for _, v in present], overload=fn.overload,
+        num_outputs=len(node.outputs), name=outer.fresh(fn.name + "_call"),
+    )  # fmt: skip
 
 
-def _refuse_leftovers(model: onnx.ModelProto) -> None:
-    """Placeholders only expand in the main graph; anywhere else is an error, not a model."""
+def _prune(values: list[ir.Value]) -> None:
+    """Drops what only the expanded placeholder used (e.g. an ``eps`` now an attribute).
 
-    def walk(nodes: Any, where: str) -> None:
-        for node in nodes:
-            if node.domain == PLACEHOLDER_DOMAIN:
-                raise ExportError(
-                    f"{where}: an op with an opbridge lowering is used inside "
-                    f"{'a function' if where.startswith('function') else 'a control-flow body'}"
-                    f" (torch.cond, a loop); opbridge lowers ops in the main graph only. "
-                    f"Move the op out of the branch or loop."
-                )
-            for attr in node.attribute:
-                subgraphs = (
-                    [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-                )
-                for g in subgraphs:
-                    walk(g.node, f"{where} > {node.op_type} '{node.name}'")
-
-    walk(model.graph.node, "main graph")
-    for fn in model.functions:
-        walk(fn.node, f"function {fn.domain}::{fn.name}")
+    Only the placeholder's own inputs are looked at, never the whole model.
+    """
+    for value in values:
+        if value.uses() or value.is_graph_output() or value.is_graph_input():
+            continue
+        producer = value.producer()
+        if value.is_initializer():
+            graph = value.graph
+            if graph is not None and value.name and value.name in graph.initializers:
+                graph.initializers.pop(value.name)
+        elif (
+            producer is not None
+            and producer.op_type == "Constant"
+            and producer.domain == ""
+            and producer.graph is not None
+        ):
+            producer.graph.remove(producer, safe=True)
 
 
-def _prune(graph: onnx.GraphProto) -> None:
-    """Drops constants only placeholders used (e.g. an ``eps`` now an attribute)."""
-    while True:
-        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        for n in graph.node:  # values read inside subgraphs
-            for a in n.attribute:
-                for g in [a.g, *a.graphs]:
-                    used |= {i for sub in g.node for i in sub.input}
-        dead = [
-            n
-            for n in graph.node
-            if n.op_type == "Constant"
-            and n.domain in ("", "ai.onnx")
-            and not any(o in used for o in n.output)
-        ]
-        for n in dead:
-            graph.node.remove(n)
-        if not dead:
-            break
-    inputs = {i.name for i in graph.input}  # an initializer that is also an input stays
-    unused = [i for i in graph.initializer if i.name not in used and i.name not in inputs]
-    for init in unused:
-        graph.initializer.remove(init)
-    produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
-    kept = [v for v in graph.value_info if v.name in produced]
-    graph.ClearField("value_info")
-    graph.value_info.extend(kept)
-
-
-def _set_opsets(model: onnx.ModelProto, used: dict[str, int], requested: Mapping[str, int]) -> None:
-    versions = {o.domain: o.version for o in model.opset_import if o.domain != PLACEHOLDER_DOMAIN}
+def _set_opsets(model: ir.Model, used: dict[str, int], requested: Mapping[str, int]) -> None:
+    versions = {d: v for d, v in model.opset_imports.items() if d != PLACEHOLDER_DOMAIN}
     for domain, needed in used.items():
         versions[domain] = max(needed, versions.get(domain, 0)) if domain in versions else needed
     for domain, version in requested.items():
@@ -380,7 +342,7 @@ def _set_opsets(model: onnx.ModelProto, used: dict[str, int], requested: Mapping
                 f"{domain} that need version {needed}; ask for {needed} or higher."
             )
         versions[domain] = version
-    model.ClearField("opset_import")
-    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
+    model.opset_imports.clear()
+    model.opset_imports.update(versions)
     if model.functions and model.ir_version < 10:
         model.ir_version = 10  # function overloads need IR 10

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import onnx
+import onnx_ir as ir
 
 from opbridge._errors import SessionError
+from opbridge._model import all_nodes
 from opbridge._registry import REGISTRY
 from opbridge.runtime._kernels import KernelSpec
 
@@ -57,30 +58,30 @@ class KernelPlan:
         return [k for k, s in self.sources.items() if s.provider == "missing"]
 
 
-def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    def walk(nodes: Sequence[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
-        for node in nodes:
-            yield node
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    yield from walk(attr.g.node)
-                for g in attr.graphs:
-                    yield from walk(g.node)
-
-    yield from walk(model.graph.node)
-    for fn in model.functions:
-        yield from walk(fn.node)
+ModelLike = onnx.ModelProto | ir.Model
 
 
-def custom_nodes(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    """Nodes no ONNX Runtime build implements, by ``"domain::op_type"``."""
-    local = {(f.domain, f.name) for f in model.functions}
-    found: dict[str, list[onnx.NodeProto]] = {}
-    for node in _all_nodes(model):
+def _as_ir(model: ModelLike) -> ir.Model:
+    # Tensors stay in the proto (no copy); only the graph is wrapped.
+    return model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
+
+
+def _custom_nodes(model: ir.Model) -> dict[str, list[ir.Node]]:
+    local = {(f.domain, f.name) for f in model.functions.values()}
+    found: dict[str, list[ir.Node]] = {}
+    for node in all_nodes(model):
         if node.domain in ORT_BUILTIN_DOMAINS or (node.domain, node.op_type) in local:
             continue
         found.setdefault(f"{node.domain}::{node.op_type}", []).append(node)
     return found
+
+
+def custom_nodes(model: ModelLike) -> dict[str, list[ir.Node]]:
+    """Nodes no ONNX Runtime build implements, by ``"domain::op_type"``.
+
+    Subgraphs (``If``/``Loop``/``Scan`` bodies) and local functions included.
+    """
+    return _custom_nodes(_as_ir(model))
 
 
 def _shipped_native_ops() -> dict[str, Path]:
@@ -99,22 +100,21 @@ def _shipped_native_ops() -> dict[str, Path]:
     return {op: path for op in ops}
 
 
-def _io_types(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> tuple[tuple[int, ...], ...]:
-    types: dict[str, int] = {}
-    graph = model.graph
-    for vi in itertools.chain(graph.input, graph.output, graph.value_info):
-        types[vi.name] = vi.type.tensor_type.elem_type
-    for init in graph.initializer:
-        types[init.name] = init.data_type
+def _io_types(nodes: list[ir.Node]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Element types of the first node's inputs and outputs, as the model declares them."""
     node = nodes[0]
+
+    def elem(v: ir.Value) -> int:
+        return int(v.dtype) if v.dtype is not None else 0
+
     return (
-        tuple(types.get(i, 0) for i in node.input if i),
-        tuple(types.get(o, 0) for o in node.output if o),
-    )  # type: ignore[return-value]
+        tuple(elem(v) for v in node.inputs if v is not None),
+        tuple(elem(v) for v in node.outputs if v.name),
+    )
 
 
 def plan_kernels(
-    model: onnx.ModelProto | None,
+    model: ModelLike | None,
     *,
     libraries: Sequence[str | Path] = (),
 ) -> KernelPlan:
@@ -131,14 +131,10 @@ def plan_kernels(
         if not p.is_file():
             raise SessionError(f"custom op library '{p}' does not exist")
     if model is None:
-        needed: dict[str, list[onnx.NodeProto]] = {op.onnx_name: [] for op in REGISTRY.ops()}
-        inferred = None
+        needed: dict[str, list[ir.Node]] = {op.onnx_name: [] for op in REGISTRY.ops()}
     else:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model)
-        except Exception:
-            inferred = model
-        needed = custom_nodes(inferred)
+        # Types come from the model's own value infos: no shape inference.
+        needed = custom_nodes(model)
     sources: dict[str, KernelSource] = {}
     specs: list[KernelSpec] = []
     libs: list[Path] = list(user_libraries)
@@ -155,8 +151,8 @@ def plan_kernels(
                     libs.append(op.native_library)
             else:
                 spec = op.kernel_spec()
-                if inferred is not None and nodes:
-                    io_types[key] = _io_types(inferred, nodes)  # type: ignore[assignment]
+                if nodes:
+                    io_types[key] = _io_types(nodes)
                 specs.append(spec)
                 sources[key] = KernelSource(key, "python", spec.origin)
             continue

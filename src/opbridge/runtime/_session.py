@@ -15,6 +15,7 @@ from onnx import helper
 
 from opbridge._dtypes import as_numpy, as_torch
 from opbridge._errors import KernelError, SessionError
+from opbridge._model import has_external_data, read_graph
 from opbridge.runtime import _plan
 from opbridge.runtime._plan import KernelPlan, KernelSource, plan_kernels
 
@@ -48,8 +49,19 @@ def kernel_provider() -> Any:
     )
 
 
-def _load(model: ModelLike) -> tuple[onnx.ModelProto, bytes]:
+def _load(model: ModelLike) -> tuple[onnx.ModelProto, bytes | str]:
+    """The model's graph (for planning kernels) and what ONNX Runtime should load.
+
+    A path is given to ONNX Runtime as is, so it reads the weights itself (from
+    the file or from external data beside it); opbridge only reads the graph.
+    """
     if isinstance(model, onnx.ModelProto):
+        if has_external_data(model):
+            raise SessionError(
+                "this model keeps its weights in external data files, which ONNX Runtime finds "
+                "only next to the model file: pass the .onnx path instead of the proto, e.g. "
+                "opbridge.Session('model.onnx')."
+            )
         return model, model.SerializeToString()
     if isinstance(model, (bytes, bytearray)):
         data = bytes(model)
@@ -57,15 +69,18 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, bytes]:
     path = Path(os.fspath(model))
     if not path.is_file():
         raise SessionError(f"model file '{path}' does not exist")
-    proto = onnx.load(str(path))
-    return proto, proto.SerializeToString()
+    try:
+        graph = read_graph(path)
+    except Exception as e:
+        raise SessionError(f"'{path}' is not an ONNX model: {e}") from e
+    return graph, str(path)
 
 
 # ONNX Runtime implements each of its own contrib domains at this version only.
 _ORT_CONTRIB_VERSIONS = {"com.microsoft": 1}
 
 
-def _runnable(proto: onnx.ModelProto, data: bytes) -> tuple[bytes, list[str]]:
+def _runnable(proto: onnx.ModelProto, data: bytes | str) -> tuple[bytes | str, list[str]]:
     """Restamps ONNX Runtime's contrib domains at the version ORT implements.
 
     ``custom_opsets={"com.microsoft": 5}`` is legal ONNX, but ONNX Runtime resolves
@@ -79,6 +94,15 @@ def _runnable(proto: onnx.ModelProto, data: bytes) -> tuple[bytes, list[str]]:
             notes.append(f"{opset.domain} opset {opset.version} run as {supported}")
     if not notes:
         return data, notes
+    if isinstance(data, str):  # the whole model is needed to rewrite it
+        full = onnx.load(data, load_external_data=False)
+        if has_external_data(full):
+            raise SessionError(
+                f"{data}: ONNX Runtime only runs com.microsoft at version 1, and a model with "
+                f"external data cannot be restamped in memory; export it without "
+                f"custom_opsets={{'com.microsoft': ...}}."
+            )
+        proto = full
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     for opset in copy.opset_import:
@@ -136,7 +160,7 @@ def session_options(
     Raises:
         SessionError: A custom node has no kernel; the message names it.
     """
-    proto = _load(model)[0] if model is not None else None
+    proto = model if isinstance(model, onnx.ModelProto) or model is None else _load(model)[0]
     options = options or ort.SessionOptions()
     _configure(options, plan_kernels(proto, libraries=[Path(p) for p in libraries]), proto)
     return options
@@ -186,8 +210,12 @@ class Session:
             raise SessionError(f"ONNX Runtime could not load the model: {e}") from e
         self._inputs = self._session.get_inputs()
         self._outputs = self._session.get_outputs()
+        # A graph input without a shape (unknown rank) accepts any rank.
         self._input_types = {
-            i.name: (i.type.tensor_type.elem_type, i.type.tensor_type.shape)
+            i.name: (
+                i.type.tensor_type.elem_type,
+                i.type.tensor_type.shape if i.type.tensor_type.HasField("shape") else None,
+            )
             for i in proto.graph.input
         }
 
