@@ -187,27 +187,3 @@ def test_variadic_tensor_list(ns: str, exporter: str) -> None:
     (node,) = [n for n in report.model.graph.node if n.domain == "d"]
     assert len(node.input) == 3
     onnx.checker.check_model(report.model, full_check=True)
-
-
-def test_declared_op_inside_torch_cond_branch(ns: str) -> None:
-    @opbridge.custom_op(f"{ns}::bump", domain="d")
-    def bump(x: Tensor) -> Tensor:
-        return x + 1
-
-    class M(torch.nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.cond(x.sum() > 0, lambda t: bump(t), lambda t: t - 1, (x,))
-
-    proto = opbridge.export(M(), (torch.randn(3),))
-    branch_ops = [
-        (n.domain, n.op_type)
-        for node in proto.graph.node
-        if node.op_type == "If"
-        for a in node.attribute
-        for n in a.g.node
-    ]
-    assert ("d", "Bump") in branch_ops
-    assert all(n.domain != "opbridge.lowering" for n in proto.graph.node)
-    session = opbridge.Session(proto)
-    for x in (torch.ones(3), -torch.ones(3)):
-        torch.testing.assert_close(session(x), M()(x))

@@ -199,11 +199,48 @@ def export_torchscript(
             output_names=settings.output_names,
             dynamic_axes=dynamic_axes,
         )
+    if big:  # the weights stay in workdir's files, memory-mapped by onnx-ir
+        proto = onnx.load(target, load_external_data=False)
+    else:
+        proto = onnx.load_from_string(target.getvalue())
+        target.close()
+    _drop_incomplete_types(proto.graph)
+    model_ir = ir.serde.deserialize_model(proto)
     if big:
-        return ir.load(target)
-    proto = onnx.load_from_string(target.getvalue())
-    target.close()
-    return ir.serde.deserialize_model(proto)
+        ir.external_data.set_base_dir(model_ir.graph, workdir)
+    return model_ir
+
+
+def _incomplete(type_proto: onnx.TypeProto) -> bool:
+    kind = type_proto.WhichOneof("value")
+    if kind == "sequence_type":
+        elem = type_proto.sequence_type.elem_type
+        return elem.WhichOneof("value") is None or _incomplete(elem)
+    if kind == "optional_type":
+        elem = type_proto.optional_type.elem_type
+        return elem.WhichOneof("value") is None or _incomplete(elem)
+    return False
+
+
+def _drop_incomplete_types(graph: onnx.GraphProto) -> None:
+    """Forgets the sequence types the legacy exporter leaves without an element type.
+
+    Scripted loops give list values a ``sequence_type`` with an empty element type;
+    ONNX allows reading past it, onnx-ir does not. Unknown is what they are.
+    """
+    kept = [vi for vi in graph.value_info if not _incomplete(vi.type)]
+    if len(kept) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+    for vi in (*graph.input, *graph.output):
+        if _incomplete(vi.type):
+            vi.ClearField("type")
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _drop_incomplete_types(attr.g)
+            for sub in attr.graphs:
+                _drop_incomplete_types(sub)
 
 
 def _weights_nbytes(model: Any) -> int:
