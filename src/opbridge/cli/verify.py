@@ -24,12 +24,9 @@ def _run(args: argparse.Namespace) -> int:
         localize=args.localize,
         random_inputs=args.random_inputs,
         seed=args.seed,
+        f=args.output,
     )
     print(report)
-    if args.output:
-        import onnx
-
-        onnx.save(report.model, args.output)
     if args.html:
         report.save_html(args.html)
         print(f"report written to {args.html}")

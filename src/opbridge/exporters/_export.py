@@ -46,7 +46,6 @@ def _how_to_fix(name: str) -> str:
 
 def _check_ops(program: torch.export.ExportedProgram, table: PlaceholderTable) -> None:
     """Names the first op neither opbridge nor torch's exporter can write."""
-    registry = _torchlib_registry()
     for node in program.graph.nodes:
         target = node.target
         if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
@@ -54,7 +53,8 @@ def _check_ops(program: torch.export.ExportedProgram, table: PlaceholderTable) -
         if target.namespace in _BUILTIN_NAMESPACES:
             continue
         name = overload_name(target)
-        if name in table.by_overload or registry.is_registered(target):
+        # torch's registry takes seconds to build: only asked about ops outside torch.
+        if name in table.by_overload or _torchlib_registry().is_registered(target):
             continue
         raise ExportError(_how_to_fix(name))
 
@@ -131,13 +131,24 @@ def export(
         output_names=list(output_names) if output_names else None,
     )
     with tempfile.TemporaryDirectory(prefix="opbridge-export-") as workdir:
-        model_ir = _export_ir(model, exporter, table, settings, workdir)
-        expand(model_ir, table, custom_opsets=custom_opsets)
-        return _save(model_ir, f, external_data)
+        # Where the TorchScript exporter writes a model too big for memory: beside the
+        # destination, so that its weight files become the saved model's, uncopied.
+        if isinstance(f, (str, os.PathLike)):
+            where, name = os.path.split(os.path.abspath(os.fspath(f)))
+            spill = os.path.join(where, f".{name}.opbridge-tmp")
+        else:
+            spill = os.path.join(workdir, "model.onnx")
+        try:
+            model_ir = _export_ir(model, exporter, table, settings, spill)
+            expand(model_ir, table, custom_opsets=custom_opsets)
+            return _save(model_ir, f, external_data)
+        finally:
+            if os.path.exists(spill):
+                os.remove(spill)
 
 
 def _export_ir(
-    model: Any, exporter: str, table: PlaceholderTable, settings: ExportSettings, workdir: str
+    model: Any, exporter: str, table: PlaceholderTable, settings: ExportSettings, spill: str
 ) -> ir.Model:
     """Runs torch's exporter; the model it returns holds placeholders."""
     try:
@@ -159,7 +170,7 @@ def _export_ir(
             return model_ir
         if isinstance(model, torch.export.ExportedProgram):
             raise ExportError("exporter='torchscript' needs an nn.Module, not an ExportedProgram")
-        return export_torchscript(model, table, settings, workdir)
+        return export_torchscript(model, table, settings, spill)
     except OpbridgeError:
         raise
     except Exception as e:
@@ -185,8 +196,10 @@ def _save(
                 f"opbridge.export(model, args, 'model.onnx')."
             )
         path = os.fspath(f)  # type: ignore[arg-type]
-        # The file's weights are written straight from the tensors, never as one proto.
-        ir.save(model, path, external_data=os.path.basename(path) + ".data")
+        if _external_beside(model, path):  # TorchScript's weight files, already in place
+            ir.save(model, path)
+        else:  # written straight from the tensors, never as one proto
+            ir.save(model, path, external_data=os.path.basename(path) + ".data")
         return onnx.load(path, load_external_data=False)
     if size > EXTERNAL_DATA_THRESHOLD:
         raise ExportError(
@@ -200,6 +213,21 @@ def _save(
         else:
             onnx.save(proto, os.fspath(f))  # type: ignore[arg-type]
     return proto
+
+
+def _external_beside(model: ir.Model, path: str) -> bool:
+    """Whether every big initializer already lives in a file in ``path``'s directory."""
+    where = os.path.dirname(os.path.abspath(path))
+    found = False
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            if os.path.dirname(os.path.abspath(tensor.path)) != where:
+                return False
+            found = True
+        elif tensor is not None and tensor.nbytes > 1024:
+            return False
+    return found
 
 
 def _check_dynamo_opset(opset_version: int | None) -> None:

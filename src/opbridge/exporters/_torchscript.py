@@ -168,19 +168,20 @@ def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
 
 
 def export_torchscript(
-    model: Any, table: PlaceholderTable, settings: ExportSettings, workdir: str
+    model: Any, table: PlaceholderTable, settings: ExportSettings, spill: str
 ) -> ir.Model:
     """Exports with ``dynamo=False``; placeholders stand for every lowered op.
 
     A model whose weights fit a protobuf is exported in memory and read into
-    onnx-ir without copying its tensors; a bigger one is written to ``workdir`` with
-    external data (as torch does for a file path) and loaded lazily from there, so
-    its weights stay on disk until they are saved.
+    onnx-ir without copying its tensors; a bigger one is written to ``spill`` with
+    its weights beside it, one file per tensor (as torch does for a file path), and
+    loaded lazily from there: the weights stay on disk and are never copied when
+    ``spill`` is in the directory the model is saved to.
     """
     opset = settings.opset_version or 20
     dynamic_axes = _dynamic_axes(settings.dynamic_shapes, settings.input_names)
     big = _weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
-    target: Any = os.path.join(workdir, "model.onnx") if big else io.BytesIO()
+    target: Any = spill if big else io.BytesIO()
     # The legacy exporter prints its whole graph on failure; the error says enough.
     with (
         _symbolics(table, opset),
@@ -199,7 +200,7 @@ def export_torchscript(
             output_names=settings.output_names,
             dynamic_axes=dynamic_axes,
         )
-    if big:  # the weights stay in workdir's files, memory-mapped by onnx-ir
+    if big:  # the weights stay in their files, memory-mapped by onnx-ir
         proto = onnx.load(target, load_external_data=False)
     else:
         proto = onnx.load_from_string(target.getvalue())
@@ -207,7 +208,7 @@ def export_torchscript(
     _drop_incomplete_types(proto.graph)
     model_ir = ir.serde.deserialize_model(proto)
     if big:
-        ir.external_data.set_base_dir(model_ir.graph, workdir)
+        ir.external_data.set_base_dir(model_ir.graph, os.path.dirname(spill))
     return model_ir
 
 

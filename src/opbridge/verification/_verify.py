@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -296,7 +297,8 @@ def verify(
             ``args``; dynamic dimensions (``dynamic_shapes``) vary within their ranges.
         seed: Seed of the random draws.
         progress: Show a progress bar; by default only when stderr is a terminal.
-        **export_kwargs: Passed to :func:`opbridge.export`.
+        **export_kwargs: Passed to :func:`opbridge.export`; ``f="m.onnx"`` keeps the
+            exported file (by default it is written to a temporary directory).
 
     Returns:
         A :class:`VerificationReport`; ``str(report)`` is a readable table.
@@ -317,8 +319,12 @@ def verify(
             )
         except Exception:
             program = None  # opbridge.export below says what went wrong, clearly
-    proto = export(program or model, args, exporter=exporter, **export_kwargs)  # type: ignore[arg-type]
-    session = Session(proto, providers=providers, libraries=libraries)
+    # Through a file, so that a model of any size runs (its weights as external data).
+    f = export_kwargs.pop("f", None)
+    workdir = tempfile.TemporaryDirectory(prefix="opbridge-verify-")
+    path = f if isinstance(f, (str, os.PathLike)) else os.path.join(workdir.name, "model.onnx")
+    proto = export(program or model, args, path, exporter=exporter, **export_kwargs)  # type: ignore[arg-type]
+    session = Session(path, providers=providers, libraries=libraries)
 
     results: list[InputSetResult] = []
     expected_by_set: list[list[np.ndarray]] = []
@@ -376,6 +382,7 @@ def verify(
                 )
             else:
                 localization.input_set = target
+    workdir.cleanup()
     return VerificationReport(
         passed, list(results[0].outputs), proto, exporter, repr(session), results, localization
     )
