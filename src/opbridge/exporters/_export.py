@@ -20,7 +20,7 @@ from opbridge._registry import REGISTRY
 from opbridge.declaration._signature import overload_name
 from opbridge.exporters._dynamo import export_dynamo
 from opbridge.exporters._settings import ExportSettings
-from opbridge.exporters._torchscript import export_torchscript
+from opbridge.exporters._torchscript import export_torchscript, restore_names
 from opbridge.lowering._expand import PlaceholderTable, expand
 
 __all__ = ["export"]
@@ -141,6 +141,8 @@ def export(
         try:
             model_ir = _export_ir(model, exporter, table, settings, spill)
             expand(model_ir, table, custom_opsets=custom_opsets)
+            if exporter == "torchscript":
+                restore_names(model_ir)
             return _save(model_ir, f, external_data)
         finally:
             if os.path.exists(spill):

@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 import torch
 from torch.onnx import symbolic_helper
+from torch.overrides import TorchFunctionMode
 
 from opbridge._errors import ExportError
 from opbridge._model import EXTERNAL_DATA_THRESHOLD
@@ -128,6 +129,7 @@ def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> 
                     if p.is_bool:
                         value = [int(v) for v in value] if isinstance(value, list) else int(value)
                     attrs[f"{p.name}_{_SUFFIX[p.attr_kind or '']}"] = value
+        _refuse_complex(overload, layout, inputs)
         while inputs and inputs[-1] is None:
             inputs.pop()
         if any(i is None for i in inputs):
@@ -146,16 +148,40 @@ def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> 
     return symbolic
 
 
+def _refuse_complex(overload: str, layout: Any, inputs: list[Any]) -> None:
+    for p, value in zip(layout.inputs, inputs, strict=False):
+        if value is None or not _is_tensor(value):
+            continue
+        dtype = value.type().dtype()
+        if dtype is not None and dtype.is_complex:
+            raise ExportError(
+                f"{overload}: argument '{p.name}' is a complex tensor ({dtype}); ONNX has no "
+                f"complex element types and the TorchScript exporter cannot carry them. Pass "
+                f"torch.view_as_real(...) (a float tensor with a last dimension of 2) instead."
+            )
+
+
 @contextlib.contextmanager
 def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
+    """Registers a placeholder symbolic per lowered packet; torch's registry as it was after.
+
+    ``unregister_custom_op_symbolic`` drops every override and leaves an empty group
+    behind for a packet torch had no symbolic for (a later export then fails inside
+    torch), so the previous state is put back by hand.
+    """
     from torch.onnx._internal.torchscript_exporter import registration
 
+    registry = registration.registry
     packets = sorted({name.rsplit(".", 1)[0] for name in table.by_overload})
     builtin: dict[str, Any] = {}
+    before: dict[str, tuple[bool, Any]] = {}
     for packet in packets:
-        group = registration.registry.get_function_group(packet)
+        group = registry.get_function_group(packet)
         if group is not None:
             builtin[packet] = group.get(opset_version)
+            before[packet] = (True, group._functions._overrides.get(opset_version))
+        else:
+            before[packet] = (False, None)
     try:
         for packet in packets:
             torch.onnx.register_custom_op_symbolic(
@@ -164,7 +190,43 @@ def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
         yield
     finally:
         for packet in packets:
-            torch.onnx.unregister_custom_op_symbolic(packet, opset_version)
+            existed, override = before[packet]
+            group = registry.get_function_group(packet)
+            if group is None:
+                continue
+            if group._functions.overridden(opset_version):
+                group.remove_custom(opset_version)
+            if override is not None:
+                group.add_custom(override, opset_version)
+            if not existed and not group._functions:
+                registry._registry.pop(packet, None)
+
+
+class _MutationRecorder(TorchFunctionMode):
+    """Sees, while torch traces the model, calls of declared ops that write their inputs."""
+
+    def __init__(self, mutating: dict[Any, str]) -> None:
+        super().__init__()
+        self._mutating = mutating
+        self.seen: dict[Any, str] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in self._mutating:
+            self.seen[func] = self._mutating[func]
+        return func(*args, **(kwargs or {}))
+
+
+def _mutating_ops(table: PlaceholderTable) -> dict[Any, str]:
+    found: dict[Any, str] = {}
+    for pending in table.by_overload.values():
+        written = [
+            a.name
+            for a in pending.overload._schema.arguments
+            if a.alias_info is not None and a.alias_info.is_write
+        ]
+        if written:
+            found[pending.overload] = f"{pending.layout.name} (writes {', '.join(written)})"
+    return found
 
 
 def export_torchscript(
@@ -182,11 +244,15 @@ def export_torchscript(
     dynamic_axes = _dynamic_axes(settings.dynamic_shapes, settings.input_names)
     big = _weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
     target: Any = spill if big else io.BytesIO()
+    mutating = _mutating_ops(table)
+    # Only watched when such an op is declared: the mode costs every traced call.
+    recorder = _MutationRecorder(mutating) if mutating else contextlib.nullcontext()
     # The legacy exporter prints its whole graph on failure; the error says enough.
     with (
         _symbolics(table, opset),
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
+        recorder,
     ):
         warnings.simplefilter("ignore")  # the legacy exporter is deprecated, loudly
         torch.onnx.export(
@@ -199,6 +265,14 @@ def export_torchscript(
             input_names=settings.input_names,
             output_names=settings.output_names,
             dynamic_axes=dynamic_axes,
+        )
+    if isinstance(recorder, _MutationRecorder) and recorder.seen:
+        ops = ", ".join(recorder.seen.values())
+        raise ExportError(
+            f"{ops}: an op declared with mutates_args writes its input in place; ONNX has "
+            f"no in-place ops and the TorchScript exporter drops such a call "
+            f"without a trace (the model would compute something else). Declare a functional "
+            f"op that returns the new value instead."
         )
     if big:  # the weights stay in their files, memory-mapped by onnx-ir
         proto = onnx.load(target, load_external_data=False)
@@ -242,6 +316,31 @@ def _drop_incomplete_types(graph: onnx.GraphProto) -> None:
                 _drop_incomplete_types(attr.g)
             for sub in attr.graphs:
                 _drop_incomplete_types(sub)
+
+
+def restore_names(model: ir.Model) -> None:
+    """Gives back torch's naming to graph inputs and outputs named after a placeholder.
+
+    The legacy exporter names an unnamed input after its first consumer
+    (``onnx::Add_1``); for a placeholder that is ``opbridge.lowering::<key>_0``,
+    which the user never sees elsewhere. It becomes ``<domain>::<OpType>_0`` of the
+    node now consuming it, as torch would have named it had it written that node.
+    """
+    prefix = PLACEHOLDER_DOMAIN + "::"
+    graph = model.graph
+    taken = {v.name for v in (*graph.inputs, *graph.outputs) if v.name}
+    for value in (*graph.inputs, *graph.outputs):
+        if not value.name or not value.name.startswith(prefix):
+            continue
+        suffix = value.name.rsplit("_", 1)[-1]
+        uses = list(value.uses())
+        node = uses[0].node if uses else value.producer()
+        kind = f"{node.domain or 'onnx'}::{node.op_type}" if node is not None else "onnx::Identity"
+        name = f"{kind}_{suffix}"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        value.name = name
 
 
 def _weights_nbytes(model: Any) -> int:
