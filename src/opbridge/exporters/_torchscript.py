@@ -217,12 +217,15 @@ class _MutationRecorder(TorchFunctionMode):
 
 
 def _mutating_ops(table: PlaceholderTable) -> dict[Any, str]:
+    """Declared ops that write an input; torch's own in-place and ``out=`` overloads aside."""
     found: dict[Any, str] = {}
     for pending in table.by_overload.values():
+        if pending.overload.namespace in ("aten", "prims"):
+            continue  # the exporter functionalizes these itself
         written = [
             a.name
             for a in pending.overload._schema.arguments
-            if a.alias_info is not None and a.alias_info.is_write
+            if a.alias_info is not None and a.alias_info.is_write and not a.kwarg_only
         ]
         if written:
             found[pending.overload] = f"{pending.layout.name} (writes {', '.join(written)})"
