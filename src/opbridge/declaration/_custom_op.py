@@ -17,7 +17,7 @@ from opbridge._dtypes import as_numpy, as_torch
 from opbridge._errors import DeclarationError, LoweringError
 from opbridge._registry import REGISTRY, Lowering
 from opbridge.declaration._schema import fake_infer, make_schema, register_schema
-from opbridge.declaration._signature import OpLayout, layout_of
+from opbridge.declaration._signature import OpLayout, layout_of, node_arguments
 from opbridge.runtime._kernels import AttrSpec, IOSpec, KernelSpec
 
 __all__ = ["CustomOpDef", "custom_op"]
@@ -195,16 +195,8 @@ class CustomOpDef:
 
     def _single_node(self, op: Any, *args: Any, **kwargs: Any) -> Any:
         bound = _bind(self._layout, args, kwargs)
-        inputs: list[Any] = []
-        for p in self._layout.inputs:
-            value = bound.get(p.name)
-            if p.variadic:
-                inputs.extend(value or ())
-            else:
-                inputs.append(value)
-        attrs = {
-            p.name: bound[p.name] for p in self._layout.attributes if bound.get(p.name) is not None
-        }
+        # Python values: the builder converts them (and the op may take Values).
+        inputs, attrs = node_arguments(self._layout, bound, to_onnx=False)
         node = op.domain(self.domain, version=self.version)
         return getattr(node, self.op_type)(*inputs, _outputs=self._layout.num_outputs, **attrs)
 

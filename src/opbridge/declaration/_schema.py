@@ -34,15 +34,7 @@ ALL_TENSOR_TYPES = [
 
 _Param = onnx.defs.OpSchema.FormalParameter
 _Option = onnx.defs.OpSchema.FormalParameterOption
-_AttrType = onnx.defs.OpSchema.AttrType
-_ATTR_TYPES = {
-    "int": _AttrType.INT,
-    "float": _AttrType.FLOAT,
-    "str": _AttrType.STRING,
-    "ints": _AttrType.INTS,
-    "floats": _AttrType.FLOATS,
-    "strs": _AttrType.STRINGS,
-}
+_AttrType = onnx.defs.OpSchema.AttrType  # same numbering as AttributeProto's
 
 
 def make_schema(
@@ -81,7 +73,10 @@ def make_schema(
         constraints.append((f"R{j}", ALL_TENSOR_TYPES, ""))
     attributes = [
         onnx.defs.OpSchema.Attribute(
-            p.name, _ATTR_TYPES[p.attr_kind or ""], "", required=not p.optional
+            p.name,
+            _AttrType(p.onnx_attr_type),  # type: ignore[call-arg]
+            "",
+            required=not p.optional,
         )
         for p in layout.attributes
     ]
@@ -170,7 +165,7 @@ def fake_infer(
                     kwargs[p.name] = fake(inputs[i])
             for p in layout.attributes:
                 if p.name in attrs:
-                    kwargs[p.name] = _from_onnx_attr(p, attrs[p.name])
+                    kwargs[p.name] = p.from_onnx(attrs[p.name])
             out = call(**kwargs)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return [
@@ -179,13 +174,3 @@ def fake_infer(
         ]
 
     return infer
-
-
-def _from_onnx_attr(param: Any, value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
-    if param.is_bool:
-        return [bool(v) for v in value] if isinstance(value, list) else bool(value)
-    return value

@@ -14,20 +14,11 @@ import onnxscript.values
 import torch
 
 from opbridge.declaration._schema import fake_infer
-from opbridge.declaration._signature import Param
+from opbridge.declaration._signature import node_arguments
 from opbridge.exporters._settings import ExportSettings
 from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, Pending, PlaceholderTable
 
 __all__ = ["export_dynamo"]
-
-_PY_TYPES = {
-    "int": int,
-    "float": float,
-    "str": str,
-    "ints": list[int],
-    "floats": list[float],
-    "strs": list[str],
-}
 
 
 def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
@@ -45,26 +36,14 @@ def _translation(pending: Pending, opset: onnxscript.values.Opset) -> Any:
         default = p.default if p.has_default else inspect.Parameter.empty
         parameters.append(inspect.Parameter(p.name, kind, default=default))
         if p.kind == "attribute":
-            annotations[p.name] = _PY_TYPES[p.attr_kind]  # type: ignore[index]
+            annotations[p.name] = p.attr_kind.python  # type: ignore[union-attr]
     signature = inspect.Signature(parameters)
     infer = fake_infer(layout, pending.overload)
 
     def translate(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        inputs: list[Any] = []
-        attrs: dict[str, Any] = {}
-        for p in layout.params:
-            value = bound.arguments.get(p.name)
-            if p.kind == "input":
-                if p.variadic:
-                    inputs.extend(value or ())
-                else:
-                    inputs.append(value)
-            elif value is not None:
-                attrs[p.name] = _attr(p, value)
-        while inputs and inputs[-1] is None:
-            inputs.pop()
+        inputs, attrs = node_arguments(layout, bound.arguments)
         result = emit(*inputs, **attrs)
         _type_outputs(pending, infer, inputs, attrs, result)
         return result
@@ -104,18 +83,6 @@ def _type_outputs(
             out.dtype = ir.DataType(elem_type)
         if shape is not None and out.shape is None:
             out.shape = ir.Shape(shape)
-
-
-def _attr(p: Param, value: Any) -> Any:
-    if isinstance(value, torch.dtype):
-        from opbridge._dtypes import torch_to_onnx
-
-        return torch_to_onnx(value)
-    if p.is_bool:
-        return [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
-    if p.attr_kind == "float":
-        return float(value)
-    return value
 
 
 def export_dynamo(model: Any, table: PlaceholderTable, settings: ExportSettings) -> ir.Model:

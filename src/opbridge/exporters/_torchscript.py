@@ -29,8 +29,6 @@ from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, PlaceholderTable
 
 __all__ = ["export_torchscript"]
 
-_SUFFIX = {"int": "i", "float": "f", "str": "s", "ints": "i", "floats": "f", "strs": "s"}
-_CONST_DESC = {"int": "i", "float": "f", "str": "s", "ints": "is", "floats": "fs", "strs": "s"}
 _SCHEMA_NAME = re.compile(r"^([\w:]+)(?:\.(\w+))?\(")
 
 
@@ -91,7 +89,9 @@ def _constant(value: Any, param: Any, op_name: str) -> Any:
             f"{op_name}: argument '{param.name}' becomes an ONNX attribute and must be known at "
             f"export time, but it is computed in the graph."
         )
-    desc: Any = "b" if param.is_bool and param.attr_kind == "int" else _CONST_DESC[param.attr_kind]
+    desc: Any = (
+        "b" if param.is_bool and param.attr_kind == "int" else param.attr_kind.torchscript[1]
+    )
     result = symbolic_helper._maybe_get_const(value, desc)
     if isinstance(result, torch._C.Value):
         result = symbolic_helper._get_const(value, desc, param.name)
@@ -126,9 +126,8 @@ def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> 
             else:
                 value = _constant(arg, p, overload)
                 if value is not None:
-                    if p.is_bool:
-                        value = [int(v) for v in value] if isinstance(value, list) else int(value)
-                    attrs[f"{p.name}_{_SUFFIX[p.attr_kind or '']}"] = value
+                    suffix = p.attr_kind.torchscript[0]  # type: ignore[union-attr]
+                    attrs[f"{p.name}_{suffix}"] = p.to_onnx(value)
         _refuse_complex(overload, layout, inputs)
         while inputs and inputs[-1] is None:
             inputs.pop()

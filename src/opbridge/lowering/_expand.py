@@ -20,7 +20,7 @@ from opbridge._errors import ExportError, LoweringError
 from opbridge._model import all_nodes
 from opbridge._registry import Lowering, Registry
 from opbridge.declaration._schema import fake_infer, make_schema, register_schema
-from opbridge.declaration._signature import OpLayout, layout_of
+from opbridge.declaration._signature import OpLayout, call_arguments, layout_of
 from opbridge.lowering._builder import Builder, GraphContext, Value, flatten_outputs
 
 __all__ = ["PLACEHOLDER_DOMAIN", "PlaceholderTable", "expand"]
@@ -79,54 +79,19 @@ class PlaceholderTable:
             )
 
 
-def _attr_to_python(param: Any, attr: ir.Attr) -> Any:
-    value = attr.value
-    if isinstance(value, (list, tuple)):
-        value = list(value)
-    if param is not None and param.is_bool:
-        return [bool(v) for v in value] if isinstance(value, list) else bool(value)
-    if param is not None and param.attr_kind == "int" and isinstance(value, float):
-        return int(value)
-    return value
-
-
 def _call_lowering(
     pending: Pending, builder: Builder, node: ir.Node, values: list[Value | None]
 ) -> Any:
-    layout = pending.layout
-    attrs = node.attributes
-    positional: list[Any] = []
-    keyword: dict[str, Any] = {}
-    cursor = 0
-    for p in layout.params:
-        if p.kind == "input":
-            if p.variadic:
-                arg: Any = list(values[cursor:])
-                cursor = len(values)
-            else:
-                arg = values[cursor] if cursor < len(values) else None
-                cursor += 1
-        elif p.name in attrs:
-            arg = _attr_to_python(p, attrs[p.name])
-        elif p.has_default:
-            arg = p.default
-        else:
-            arg = None
-        if p.kwarg_only:
-            keyword[p.name] = arg
-        else:
-            positional.append(arg)
-    # Trailing absent arguments are left to the lowering's own defaults.
-    while positional and positional[-1] is None:
-        positional.pop()
-    keyword = {k: v for k, v in keyword.items() if v is not None}
+    attrs = {name: attr.value for name, attr in node.attributes.items()}
+    positional, keyword = call_arguments(pending.layout, values, attrs)
     try:
         return pending.lowering.fn(builder, *positional, **keyword)
     except LoweringError:
         raise
     except Exception as e:
         raise LoweringError(
-            f"Lowering '{pending.lowering.name}' for {layout.name} raised {type(e).__name__}: {e}"
+            f"Lowering '{pending.lowering.name}' for {pending.layout.name} raised "
+            f"{type(e).__name__}: {e}"
         ) from e
 
 
