@@ -9,12 +9,12 @@ __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    import onnx
 
+    from opbridge._model import read_graph
     from opbridge.runtime._plan import custom_nodes, plan_kernels
     from opbridge.runtime._session import kernel_provider
 
-    model = onnx.load(args.model, load_external_data=False)
+    model = read_graph(args.model)  # the graph only: no weights read
     print(
         f"{args.model}: IR {model.ir_version}, producer {model.producer_name} "
         f"{model.producer_version}".rstrip()

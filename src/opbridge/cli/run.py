@@ -52,9 +52,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _graph_inputs(path: str) -> list:  # type: ignore[type-arg]
-    import onnx
 
-    model = onnx.load(path, load_external_data=False)
+    from opbridge._model import read_graph
+
+    model = read_graph(path)  # the graph only: no weights read
     initializers = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
 
