@@ -125,8 +125,9 @@ def test_dynamo_honours_opset_version(ns: str) -> None:
 
 def test_torchscript_refuses_op_that_mutates_its_input(ns: str) -> None:
     @opbridge.custom_op(f"{ns}::add_to", domain=f"{ns}.d", mutates_args=("out",))
-    def add_to(x: Tensor, out: Tensor) -> None:
+    def add_to(x: Tensor, out: Tensor) -> Tensor:
         out.add_(x)
+        return x.clone()
 
     class M(torch.nn.Module):
         def forward(self, x: Tensor) -> Tensor:
