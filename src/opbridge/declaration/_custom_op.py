@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import typing
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,12 @@ import numpy as np
 import onnx.defs
 import torch
 
-from opbridge._dtypes import as_numpy, as_torch
 from opbridge._errors import DeclarationError, LoweringError
 from opbridge._registry import REGISTRY, Lowering
 from opbridge.declaration._schema import fake_infer, make_schema, register_schema
 from opbridge.declaration._signature import OpLayout, layout_of
 from opbridge.runtime._kernels import AttrSpec, IOSpec, KernelSpec
+from opbridge.runtime._torch_kernel import torch_kernel
 
 __all__ = ["CustomOpDef", "custom_op"]
 
@@ -221,7 +220,9 @@ class CustomOpDef:
             compute = _numpy_compute(layout, self._numpy_kernel)
             origin = "numpy"
         else:
-            compute = _torch_compute(layout, self.overload)
+            compute = torch_kernel(
+                self.qualified_name, layout.params, self.overload, self._torch_def
+            )
             origin = "torch"
         return KernelSpec(
             self.domain, self.op_type, self.version, inputs, outputs, attributes, compute, origin
@@ -256,27 +257,6 @@ def _numpy_compute(layout: OpLayout, fn: Callable[..., Any]) -> Callable[..., An
         return fn(**_split_inputs(layout, inputs), **attrs)
 
     compute.__name__ = f"{layout.name}:numpy"
-    return compute
-
-
-def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
-    def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
-        named = _split_inputs(layout, inputs)
-        with warnings.catch_warnings():
-            # ORT's buffers are read-only views; the torch impl must not write them.
-            warnings.simplefilter("ignore", UserWarning)
-            tensors = {
-                k: ([as_torch(x) for x in v] if isinstance(v, list) else
-                    (None if v is None else as_torch(v)))
-                for k, v in named.items()
-            }  # fmt: skip
-        with torch.no_grad():
-            out = overload(**tensors, **attrs)
-        if isinstance(out, (tuple, list)):
-            return tuple(as_numpy(o) for o in out)
-        return as_numpy(out)
-
-    compute.__name__ = f"{layout.name}:torch"
     return compute
 
 

@@ -26,6 +26,9 @@ constexpr size_t kReleaseGilCopyBytes = size_t{1} << 18;
 // Upper bound on the Python traceback text carried in an ORT error.
 constexpr size_t kMaxTracebackChars = 6000;
 
+// The error text of a kernel interrupted by Ctrl-C (see opbridge/runtime/_session.py).
+constexpr const char* kInterruptedMarker = "KeyboardInterrupt [opbridge:interrupted]";
+
 bool PythonUsable() {
 #if PY_VERSION_HEX >= 0x030D0000
   return Py_IsInitialized() && !Py_IsFinalizing();
@@ -143,6 +146,16 @@ std::string AllowedTypes(const IODef& io) {
   return text;
 }
 
+// "(7, 3)" for a shape; symbolic dims (< 0) print as "?".
+std::string ShapeText(const int64_t* dims, int rank) {
+  std::string text = "(";
+  for (int i = 0; i < rank; ++i) {
+    if (i) text += ", ";
+    text += dims[i] < 0 ? std::string("?") : std::to_string(dims[i]);
+  }
+  return text + (rank == 1 ? ",)" : ")");
+}
+
 bool TypeAllowed(const IODef& io, ONNXTensorElementDataType type) {
   return io.types.empty() || std::find(io.types.begin(), io.types.end(), type) != io.types.end();
 }
@@ -182,6 +195,8 @@ struct Kernel {
   // declares a shape (-1 otherwise).
   std::vector<bool> output_present;
   std::vector<int> output_rank;
+  // Per node output: the declared dims (empty when unknown; < 0 for symbolic ones).
+  std::vector<std::vector<int64_t>> output_dims;
 
   ~Kernel() {
     for (PyObject* value : attr_values) Py_XDECREF(value);
@@ -241,6 +256,7 @@ OrtStatusPtr Kernel::Init(const OrtKernelInfo* info) {
   if (OrtStatusPtr status = api->KernelInfo_GetOutputCount(info, &n_outputs)) return status;
   output_present.assign(n_outputs, true);
   output_rank.assign(n_outputs, -1);
+  output_dims.assign(n_outputs, {});
   for (size_t i = 0; i < n_outputs; ++i) {
     std::string name;
     OrtStatusPtr status = ReadString(
@@ -267,6 +283,12 @@ OrtStatusPtr Kernel::Init(const OrtKernelInfo* info) {
           api->ReleaseStatus(s);
         } else {
           output_rank[i] = static_cast<int>(rank);
+          std::vector<int64_t> dims(rank);
+          if (OrtStatusPtr s2 = api->GetDimensions(tensor_info, dims.data(), rank)) {
+            api->ReleaseStatus(s2);
+          } else {
+            output_dims[i] = std::move(dims);  // -1 (or 0 from ORT) for symbolic dims
+          }
         }
       }
       ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
@@ -593,11 +615,9 @@ OrtStatusPtr Kernel::MakeInput(const OrtValue* value, size_t index, PyObject** o
                                 TakeMessage(api, status));
     }
   }
-  // Zero-copy, read-only view of ORT's buffer; valid only during this call.
-  Py_INCREF(descr);
-  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, descr, static_cast<int>(nd), dims, nullptr,
-                                         const_cast<void*>(data),
-                                         NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, nullptr);
+  // Zero-copy, read-only view of ORT's buffer; Run reclaims it after the call.
+  PyObject* array = LendArray(descr, static_cast<int>(nd), dims, const_cast<void*>(data),
+                              /*writable=*/false);
   if (array == nullptr) {
     return Fail(ORT_FAIL, "cannot wrap input " + std::to_string(index) + ": " + TakePythonError());
   }
@@ -705,6 +725,16 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
 
   int64_t dims[NPY_MAXDIMS];
   for (int i = 0; i < rank; ++i) dims[i] = static_cast<int64_t>(PyArray_DIM(array, i));
+  if (index < output_dims.size() && static_cast<int>(output_dims[index].size()) == rank) {
+    const std::vector<int64_t>& declared = output_dims[index];
+    for (int i = 0; i < rank; ++i) {
+      if (declared[i] > 0 && declared[i] != dims[i]) {
+        return Fail(ORT_FAIL, label() + " has shape " + ShapeText(dims, rank) +
+                                  ", but the model declares " + ShapeText(declared.data(), rank) +
+                                  " (axis " + std::to_string(i) + "); " + Signature());
+      }
+    }
+  }
   OrtValue* value = nullptr;
   if (OrtStatusPtr status = api->KernelContext_GetOutput(context, index, dims,
                                                          static_cast<size_t>(rank), &value)) {
@@ -726,31 +756,32 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
   }
 
   if (ort_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING) {
-    // ORT owns std::string elements; they can only be filled from C strings.
+    // ORT owns std::string elements; each is sized and then filled byte for
+    // byte, so embedded NUL characters survive.
     Ref flat(PyArray_Ravel(array, NPY_CORDER));
     Ref items(flat ? PyArray_ToList(reinterpret_cast<PyArrayObject*>(flat.get())) : nullptr);
     if (!items) return Fail(ORT_FAIL, label() + ": " + TakePythonError());
     Py_ssize_t n = PyList_GET_SIZE(items.get());
-    std::vector<const char*> pointers(static_cast<size_t>(n));
-    std::vector<Ref> keep;  // encoded bytes for the duration of the fill
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* element = PyList_GET_ITEM(items.get(), i);
+      Ref encoded;
       if (PyUnicode_Check(element)) {
-        Ref encoded(PyUnicode_AsEncodedString(element, "utf-8", "surrogateescape"));
+        encoded = Ref(PyUnicode_AsEncodedString(element, "utf-8", "surrogateescape"));
         if (!encoded) return Fail(ORT_FAIL, label() + ": " + TakePythonError());
-        pointers[i] = PyBytes_AS_STRING(encoded.get());
-        keep.push_back(std::move(encoded));
       } else if (PyBytes_Check(element)) {
-        pointers[i] = PyBytes_AS_STRING(element);
+        Py_INCREF(element);
+        encoded = Ref(element);
       } else {
         return Fail(ORT_FAIL, label() + " is a string output, but element " + std::to_string(i) +
                                   " is " + Py_TYPE(element)->tp_name + ", not str or bytes");
       }
-    }
-    if (n > 0) {
-      if (OrtStatusPtr status = api->FillStringTensor(value, pointers.data(), pointers.size())) {
+      const size_t length = static_cast<size_t>(PyBytes_GET_SIZE(encoded.get()));
+      char* buffer = nullptr;
+      if (OrtStatusPtr status = api->GetResizedStringTensorElementBuffer(
+              value, static_cast<size_t>(i), length, &buffer)) {
         return Fail(ORT_FAIL, label() + ": " + TakeMessage(api, status));
       }
+      if (length > 0) std::memcpy(buffer, PyBytes_AS_STRING(encoded.get()), length);
     }
     return nullptr;
   }
@@ -784,28 +815,6 @@ OrtStatusPtr Kernel::WriteOutput(OrtKernelContext* context, size_t index, PyObje
     return Fail(ORT_FAIL, "cannot copy " + label() + ": " + TakePythonError());
   }
   return nullptr;
-}
-
-// Input views must not outlive the call (ORT reuses their memory). A kernel
-// that kept one gets it switched to a private copy and a warning; views derived
-// from it cannot be redirected, which is what the warning says.
-bool DetachRetainedView(PyObject* array, const std::string& where, size_t index, bool warn) {
-  if (Py_REFCNT(array) <= 1) return true;
-  auto* view = reinterpret_cast<PyArrayObject*>(array);
-  // Only the views made by MakeInput (no base, not owning their data) are ORT's.
-  if (PyArray_BASE(view) != nullptr || PyArray_CHKFLAGS(view, NPY_ARRAY_OWNDATA)) return true;
-  PyObject* copy = PyArray_NewCopy(view, NPY_CORDER);
-  if (copy == nullptr) return false;
-  reinterpret_cast<PyArrayObject_fields*>(view)->data =
-      static_cast<char*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(copy)));
-  if (PyArray_SetBaseObject(view, copy) < 0) return false;  // steals `copy`
-  if (!warn) return true;
-  return PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
-                          "opbridge kernel host: %s kept a reference to input %zu after "
-                          "returning; it now holds a private copy, but arrays derived from "
-                          "it still point at memory ONNX Runtime reuses. Copy inputs a "
-                          "kernel needs to keep.",
-                          where.c_str(), index) == 0;
 }
 
 OrtStatusPtr Kernel::Run(OrtKernelContext* context) {
@@ -862,17 +871,29 @@ OrtStatusPtr Kernel::Run(OrtKernelContext* context) {
     if (args[1 + n_positional + j] == nullptr) return Fail(ORT_FAIL, TakePythonError());
   }
 
+  BirthScope scope;
   OrtStatusPtr status = CallAndWrite(context, args + 1, n_positional, n_outputs);
 
   // Every reference this call made is gone by now (the exception and its
-  // traceback included); anything beyond ours means the kernel kept an input view.
+  // traceback included); anything beyond ours means the kernel kept an input or
+  // something derived from it, which must not see ORT's memory once it is reused.
   for (size_t i = 0; i < n_positional; ++i) {
     PyObject* arg = args[1 + i];
-    if (arg == Py_None || !PyArray_Check(arg)) continue;
-    // Only successful calls warn: a failed call's frames may linger in a
-    // reference cycle until the garbage collector runs.
-    if (!DetachRetainedView(arg, where, i, /*warn=*/status == nullptr) && status == nullptr) {
-      status = Fail(ORT_FAIL, TakePythonError());
+    if (arg == Py_None || !PyArray_Check(arg) || PyArray_CHKFLAGS(reinterpret_cast<PyArrayObject*>(arg), NPY_ARRAY_OWNDATA)) continue;
+    int kept = ReclaimLent(arg, scope);
+    if (kept < 0) {
+      if (status == nullptr) status = Fail(ORT_FAIL, TakePythonError());
+      PyErr_Clear();
+    } else if (kept > 0 && status == nullptr) {
+      // Only successful calls warn: a failed call's frames may linger in a
+      // reference cycle until the garbage collector runs.
+      if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                           "opbridge kernel host: %s kept a reference to input %zu (or to an "
+                           "array or tensor made from it) after returning; it now holds a private "
+                           "copy, which costs a copy on every such call. Copy what a kernel keeps.",
+                           where.c_str(), i) < 0) {
+        status = Fail(ORT_FAIL, TakePythonError());
+      }
     }
   }
   return status;
@@ -883,16 +904,29 @@ OrtStatusPtr Kernel::CallAndWrite(OrtKernelContext* context, PyObject* const* ar
   const OpDef& d = *def;
   Ref result(PyObject_Vectorcall(d.compute, args, n_positional | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                  attr_values.empty() ? nullptr : d.kwnames));
-  if (!result) return Fail(ORT_RUNTIME_EXCEPTION, "the kernel raised " + TakePythonError());
+  if (!result) {
+    if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+      PyErr_Clear();
+      // opbridge.Session turns this marker back into KeyboardInterrupt.
+      return Fail(ORT_RUNTIME_EXCEPTION, kInterruptedMarker);
+    }
+    return Fail(ORT_RUNTIME_EXCEPTION, "the kernel raised " + TakePythonError());
+  }
 
-  // A single array, or a tuple/list with one entry per output (borrowed).
+  // A single array, or a tuple/list with one entry per output. A list is copied
+  // into a tuple first: large outputs are copied without the GIL, and another
+  // thread may change the kernel's list meanwhile.
   PyObject* single[1] = {result.get()};
   PyObject* const* items = single;
   size_t n_items = 1;
   const bool sequence = PyTuple_Check(result.get()) || PyList_Check(result.get());
+  if (PyList_Check(result.get())) {
+    result = Ref(PyList_AsTuple(result.get()));
+    if (!result) return Fail(ORT_FAIL, TakePythonError());
+  }
   if (sequence) {
-    items = PySequence_Fast_ITEMS(result.get());
-    n_items = static_cast<size_t>(PySequence_Fast_GET_SIZE(result.get()));
+    items = &PyTuple_GET_ITEM(result.get(), 0);
+    n_items = static_cast<size_t>(PyTuple_GET_SIZE(result.get()));
   }
   const bool variadic_out = HasVariadic(d.outputs);
   const size_t expected = variadic_out ? n_outputs : d.outputs.size();

@@ -359,7 +359,7 @@ const char* TypeName(ONNXTensorElementDataType type) {
 
 PyMODINIT_FUNC PyInit__host_ext(void) {
   import_array();  // returns NULL with an ImportError set on failure
-  if (!opbridge_host::InitDescrTable()) return nullptr;
+  if (!opbridge_host::InitDescrTable() || !opbridge_host::InstallArrayHooks()) return nullptr;
   PyObject* module = PyModule_Create(&opbridge_host::kModule);
   if (module == nullptr) return nullptr;
   PyObject* bfloat16 =
