@@ -59,6 +59,7 @@ class CustomOpDef:
         self._lowering: Lowering | None = None
         self._layout = layout_of(self.overload)
         self._layout.check_supported()
+        _check_standard_name(self.qualified_name, op_type, self._layout)
         self._schema = make_schema(
             self._layout,
             domain=domain,
@@ -229,6 +230,26 @@ class CustomOpDef:
         )
 
 
+def _check_standard_name(name: str, op_type: str, layout: OpLayout) -> None:
+    """Refuses an op named like a standard ONNX op with fewer inputs than it takes.
+
+    ONNX Runtime's graph optimizers match some nodes by op type in any domain and
+    read their inputs by position: a custom-domain ``Add`` with one input aborts the
+    process (a failed assertion) when the session is created.
+    """
+    if not onnx.defs.has(op_type):
+        return
+    needed = onnx.defs.get_schema(op_type).min_input
+    fewest = sum(1 for p in layout.inputs if not p.optional and not p.variadic)
+    if fewest < needed:
+        raise DeclarationError(
+            f"Custom op {name}: op_type {op_type!r} is also a standard ONNX op, which takes at "
+            f"least {needed} inputs; ONNX Runtime's optimizers match nodes by that name in any "
+            f"domain and abort the process on one with {fewest}. Choose another op_type, "
+            f"e.g. op_type='My{op_type}'."
+        )
+
+
 def _bind(layout: OpLayout, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     bound: dict[str, Any] = {}
     positional = [p for p in layout.params if not p.kwarg_only]
@@ -356,6 +377,13 @@ def custom_op(
         raise DeclarationError(f"Custom op {name}: op_type {resolved_type!r} is not an identifier.")
 
     def decorate(func: Callable[..., Any]) -> CustomOpDef:
+        for other in REGISTRY.ops_for_node(domain, resolved_type):
+            if other.version == version and other.qualified_name != name:
+                raise DeclarationError(
+                    f"Custom op {name}: {domain}::{resolved_type} version {version} is already "
+                    f"declared by {other.qualified_name}; a model's node could only run one of "
+                    f"them. Give this op another op_type or version."
+                )
         try:
             torch_def = torch.library.custom_op(name, func, mutates_args=mutates_args)
         except (ValueError, TypeError, RuntimeError) as e:
