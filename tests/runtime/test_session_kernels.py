@@ -255,3 +255,51 @@ def test_kernel_shape_mismatch_through_session(names):
 
 def test_onnx_module_is_untouched():
     assert onnx.defs.has("Add")
+
+
+def test_custom_output_without_value_info_is_typed_from_the_declaration(names):
+    ns, domain = names
+
+    @opbridge.custom_op(f"{ns}::inc", domain=domain)
+    def inc(x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Inc", ["x"], ["t"], domain=domain),
+            helper.make_node("Neg", ["t"], ["z"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", F, [2])],
+        [helper.make_tensor_value_info("z", F, [2])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
+    )
+    model.ir_version = 10
+    assert opbridge.Session(model)(np.ones(2, np.float32)).tolist() == [-2, -2]
+
+
+def test_non_utf8_string_attribute_is_named(names):
+    ns, domain = names
+
+    @opbridge.custom_op(f"{ns}::tag", domain=domain)
+    def tag(x: torch.Tensor, label: str) -> torch.Tensor:
+        return x
+
+    model = _model(domain, "Tag", [("x", F)], [("y", F)])
+    attr = helper.make_attribute("label", b"\xff\xfe")
+    model.graph.node[0].attribute.append(attr)
+    with pytest.raises(SessionError, match="string attribute 'label' is not valid UTF-8"):
+        opbridge.Session(model)
+
+
+def test_inspect_names_a_missing_or_broken_file(tmp_path, capsys):
+    from opbridge.cli import main
+
+    assert main(["inspect", str(tmp_path / "nope.onnx")]) == 1
+    assert "nope.onnx' does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"garbage\n")
+    assert main(["inspect", str(broken)]) == 1
+    assert "broken.onnx' is not a readable ONNX model" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 
 __all__ = ["register"]
 
@@ -11,10 +12,13 @@ __all__ = ["register"]
 def _run(args: argparse.Namespace) -> int:
     import onnx
 
+    from opbridge._errors import SessionError
     from opbridge.runtime._plan import custom_nodes, plan_kernels
-    from opbridge.runtime._session import kernel_provider
+    from opbridge.runtime._session import _parse, kernel_provider
 
-    model = onnx.load(args.model, load_external_data=False)
+    if not os.path.isfile(args.model):
+        raise SessionError(f"model file '{args.model}' does not exist")
+    model = _parse(lambda: onnx.load(args.model, load_external_data=False), f"'{args.model}'")
     print(
         f"{args.model}: IR {model.ir_version}, producer {model.producer_name} "
         f"{model.producer_version}".rstrip()

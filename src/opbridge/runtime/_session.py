@@ -154,6 +154,44 @@ def _configure(
     return route
 
 
+def _typed_custom_outputs(proto: onnx.ModelProto, data: bytes) -> tuple[onnx.ModelProto, bytes]:
+    """Types the outputs of custom nodes that the model leaves untyped.
+
+    ONNX Runtime cannot always infer the element type of a custom op's output (the
+    host's ops allow any type), and reports that as a long list of candidate types.
+    ONNX shape inference can, through the schemas opbridge registers for declared
+    ops, so those types are written into the model as ``value_info``.
+    """
+    graph = proto.graph
+    typed = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+    typed |= {i.name for i in graph.initializer}
+    custom = {
+        n for nodes in _plan.custom_nodes(proto).values() for node in nodes for n in node.output
+    }
+    bare = {o.name for o in graph.output if not o.type.tensor_type.elem_type}
+    untyped = {name for name in custom if name and (name not in typed or name in bare)}
+    if not untyped:
+        return proto, data
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # unknown ops elsewhere: ONNX Runtime's own message follows
+        return proto, data
+    found = {
+        v.name: v
+        for v in (*inferred.graph.value_info, *inferred.graph.output)
+        if v.name in untyped and v.type.tensor_type.elem_type
+    }
+    if not found:
+        return proto, data
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for output in copy.graph.output:
+        if output.name in found and not output.type.tensor_type.elem_type:
+            output.CopyFrom(found.pop(output.name))
+    copy.graph.value_info.extend(v for name, v in found.items() if name not in typed)
+    return copy, copy.SerializeToString()
+
+
 def _quiet_spinning(options: ort.SessionOptions) -> None:
     """Stops ONNX Runtime's pools from spinning while torch kernels run.
 
@@ -223,6 +261,7 @@ class Session:
         options: ort.SessionOptions | None = None,
     ) -> None:
         proto, data = _load(model)
+        proto, data = _typed_custom_outputs(proto, data)
         data, self._notes = _runnable(proto, data)
         self._plan = plan_kernels(proto, libraries=[Path(p) for p in libraries])
         if options is None:

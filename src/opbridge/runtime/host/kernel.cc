@@ -401,7 +401,7 @@ OrtStatusPtr Kernel::ReadAttribute(const OrtKernelInfo* info, const AttrDef& att
             return api->KernelInfoGetAttribute_string(info, name, o, size);
           },
           &v);
-      if (!status) value = Ref(PyUnicode_DecodeUTF8(v.data(), v.size(), "surrogateescape"));
+      if (!status) value = Ref(PyUnicode_DecodeUTF8(v.data(), v.size(), nullptr));
       break;
     }
     case AttrKind::kInts: {
@@ -442,8 +442,7 @@ OrtStatusPtr Kernel::ReadAttribute(const OrtKernelInfo* info, const AttrDef& att
         value = Ref(PyList_New(static_cast<Py_ssize_t>(size)));
         for (size_t i = 0; i < size; ++i) {
           if (value) {
-            PyObject* s = PyUnicode_DecodeUTF8(strings[i], std::strlen(strings[i]),
-                                               "surrogateescape");
+            PyObject* s = PyUnicode_DecodeUTF8(strings[i], std::strlen(strings[i]), nullptr);
             if (s == nullptr) {
               value = Ref();
             } else {
@@ -478,6 +477,11 @@ OrtStatusPtr Kernel::ReadAttribute(const OrtKernelInfo* info, const AttrDef& att
                 "cannot read attribute '" + attr.name + "': " + TakeMessage(api, status));
   }
   if (!value) {
+    if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+      return Fail(ORT_INVALID_GRAPH, "string attribute '" + attr.name +
+                                         "' is not valid UTF-8 text (" + TakePythonError() +
+                                         "); ONNX string attributes must be UTF-8");
+    }
     return Fail(ORT_FAIL, "cannot convert attribute '" + attr.name + "': " + TakePythonError());
   }
   *out = value.release();
