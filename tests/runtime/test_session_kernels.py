@@ -303,3 +303,30 @@ def test_inspect_names_a_missing_or_broken_file(tmp_path, capsys):
     broken.write_bytes(b"garbage\n")
     assert main(["inspect", str(broken)]) == 1
     assert "broken.onnx' is not a readable ONNX model" in capsys.readouterr().err
+
+
+def test_numpy_kernel_writes_straight_into_the_output(names):
+    ns, domain = names
+    seen = []
+
+    @opbridge.custom_op(f"{ns}::th", domain=domain)
+    def th(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+    @th.register_kernel
+    def _(x, out=None):
+        seen.append(out)
+        return np.tanh(x, out=out)
+
+    x = np.linspace(-2, 2, 6, dtype=np.float32)
+    static = opbridge.Session(_model(domain, "Th", [("x", F)], [("y", F)], shape=(6,)))
+    np.testing.assert_allclose(static(x), np.tanh(x), rtol=1e-6)
+    assert seen[-1] is not None and seen[-1].shape == (6,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        kept = seen[-1]
+        static(np.zeros(6, np.float32))  # ORT may reuse the first output buffer
+    np.testing.assert_allclose(kept, np.tanh(x), rtol=1e-6)  # detached when kept
+    dynamic = opbridge.Session(_model(domain, "Th", [("x", F)], [("y", F)], shape=("n",)))
+    np.testing.assert_allclose(dynamic(x), np.tanh(x), rtol=1e-6)
+    assert seen[-1] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -117,6 +118,16 @@ class CustomOpDef:
         ``fn`` takes the op's arguments by name, numpy arrays for tensors, and returns
         a numpy array (or a tuple of them). Without it, ONNX Runtime runs the op's own
         torch implementation.
+
+        A kernel with an ``out`` parameter writes its results straight into the
+        buffers ONNX Runtime allocates, saving the copy of each output: when the
+        model declares every output's shape, ``out`` is that array (a tuple for
+        several outputs) and the kernel returns ``None`` or ``out``; otherwise
+        ``out`` is ``None`` and it returns new arrays::
+
+            @my_tanh.register_kernel
+            def _(x, out=None):
+                return np.tanh(x, out=out)
         """
         self._numpy_kernel = fn
         return fn
@@ -217,16 +228,26 @@ class CustomOpDef:
             AttrSpec(p.name, p.attr_kind, p.default, required=not p.optional)  # type: ignore[arg-type]
             for p in layout.attributes
         )
+        writes_out = False
         if self._numpy_kernel is not None:
             compute = _numpy_compute(layout, self._numpy_kernel)
             origin = "numpy"
+            writes_out = _takes_out(self._numpy_kernel)
         else:
             compute = torch_kernel(
                 self.qualified_name, layout.params, self.overload, self._torch_def
             )
             origin = "torch"
         return KernelSpec(
-            self.domain, self.op_type, self.version, inputs, outputs, attributes, compute, origin
+            self.domain,
+            self.op_type,
+            self.version,
+            inputs,
+            outputs,
+            attributes,
+            compute,
+            origin,
+            writes_out=writes_out,
         )
 
 
@@ -271,6 +292,14 @@ def _split_inputs(layout: OpLayout, inputs: Sequence[Any]) -> dict[str, Any]:
             break
         named[p.name] = inputs[i] if i < len(inputs) else None
     return named
+
+
+def _takes_out(fn: Callable[..., Any]) -> bool:
+    """Whether a numpy kernel has an ``out`` parameter (it may write ORT's outputs)."""
+    try:
+        return "out" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
 
 
 def _numpy_compute(layout: OpLayout, fn: Callable[..., Any]) -> Callable[..., Any]:

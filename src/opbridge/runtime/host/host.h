@@ -79,7 +79,10 @@ struct OpDef {
   std::vector<IODef> outputs;
   std::vector<AttrDef> attrs;
   PyObject* compute = nullptr;  // strong reference
-  PyObject* kwnames = nullptr;  // strong reference: tuple of attribute names
+  PyObject* kwnames = nullptr;  // strong reference: attribute names (+ "out", see writes_out)
+  // The kernel takes `out=`: arrays over the outputs ORT allocates, when the model
+  // declares their shapes, for it to write in place.
+  bool writes_out = false;
   std::string signature;        // human readable, for error messages
   std::string layout;           // canonical I/O signature as ORT sees it
 

@@ -197,6 +197,8 @@ struct Kernel {
   std::vector<int> output_rank;
   // Per node output: the declared dims (empty when unknown; < 0 for symbolic ones).
   std::vector<std::vector<int64_t>> output_dims;
+  // Per node output: the element type the model declares (UNDEFINED if none).
+  std::vector<ONNXTensorElementDataType> output_types;
 
   ~Kernel() {
     for (PyObject* value : attr_values) Py_XDECREF(value);
@@ -214,7 +216,9 @@ struct Kernel {
   std::string ProbeAttributeKind(const OrtKernelInfo* info, const char* name);
   OrtStatusPtr Run(OrtKernelContext* context);
   OrtStatusPtr CallAndWrite(OrtKernelContext* context, PyObject* const* args, size_t n_positional,
-                            size_t n_outputs);
+                            size_t n_kwargs, size_t n_outputs, PyObject* out_arg);
+  OrtStatusPtr MakeOutArgument(OrtKernelContext* context, size_t n_outputs, PyObject** out,
+                               std::vector<PyObject*>* lent);
   OrtStatusPtr MakeInput(const OrtValue* value, size_t index, PyObject** out);
   OrtStatusPtr WriteOutput(OrtKernelContext* context, size_t index, PyObject* item);
 };
@@ -257,6 +261,7 @@ OrtStatusPtr Kernel::Init(const OrtKernelInfo* info) {
   output_present.assign(n_outputs, true);
   output_rank.assign(n_outputs, -1);
   output_dims.assign(n_outputs, {});
+  output_types.assign(n_outputs, ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED);
   for (size_t i = 0; i < n_outputs; ++i) {
     std::string name;
     OrtStatusPtr status = ReadString(
@@ -294,13 +299,15 @@ OrtStatusPtr Kernel::Init(const OrtKernelInfo* info) {
       ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
       if (OrtStatusPtr s = api->GetTensorElementType(tensor_info, &type)) {
         api->ReleaseStatus(s);
-      } else if (!d.outputs.empty() && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED) {
-        const IODef& io = d.outputs[SpecIndex(d.outputs, i)];
-        if (!TypeAllowed(io, type)) {
+      } else {
+        output_types[i] = type;
+        const IODef* io = d.outputs.empty() ? nullptr : &d.outputs[SpecIndex(d.outputs, i)];
+        if (io != nullptr && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED &&
+            !TypeAllowed(*io, type)) {
           api->ReleaseTypeInfo(type_info);
           return Fail(ORT_INVALID_GRAPH, "the model declares output " + std::to_string(i) +
-                                             " ('" + io.name + "') as " + TypeName(type) +
-                                             ", but the op produces " + AllowedTypes(io) + "; " +
+                                             " ('" + io->name + "') as " + TypeName(type) +
+                                             ", but the op produces " + AllowedTypes(*io) + "; " +
                                              Signature());
         }
       }
@@ -837,7 +844,8 @@ OrtStatusPtr Kernel::Run(OrtKernelContext* context) {
 
   // Slot 0 stays free so that the callee may use PY_VECTORCALL_ARGUMENTS_OFFSET.
   // Small calls (the common case) keep the argument array on the stack.
-  const size_t n_args = 1 + n_positional + n_attrs;
+  const size_t n_kwargs = n_attrs + (d.writes_out ? 1 : 0);
+  const size_t n_args = 1 + n_positional + n_kwargs;
   PyObject* stack_args[16];
   std::vector<PyObject*> heap_args;
   PyObject** args = stack_args;
@@ -875,8 +883,26 @@ OrtStatusPtr Kernel::Run(OrtKernelContext* context) {
     if (args[1 + n_positional + j] == nullptr) return Fail(ORT_FAIL, TakePythonError());
   }
 
+  // out=: arrays over the buffers ORT allocates for the outputs, when the model
+  // declares all their shapes (else None, and the kernel returns new arrays).
+  std::vector<PyObject*> lent_outputs;  // borrowed from the `out` argument
+  if (d.writes_out) {
+    PyObject** slot = &args[1 + n_positional + n_attrs];
+    if (OrtStatusPtr status = MakeOutArgument(context, n_outputs, slot, &lent_outputs)) {
+      return status;
+    }
+  }
+
   BirthScope scope;
-  OrtStatusPtr status = CallAndWrite(context, args + 1, n_positional, n_outputs);
+  OrtStatusPtr status = CallAndWrite(context, args + 1, n_positional, n_kwargs, n_outputs,
+                                     d.writes_out ? args[1 + n_positional + n_attrs] : nullptr);
+  for (PyObject* array : lent_outputs) {
+    // A kernel that kept `out` must not write into ORT's buffer later.
+    if (ReclaimLent(array, scope) < 0) {
+      if (status == nullptr) status = Fail(ORT_FAIL, TakePythonError());
+      PyErr_Clear();
+    }
+  }
 
   // Every reference this call made is gone by now (the exception and its
   // traceback included); anything beyond ours means the kernel kept an input or
@@ -903,11 +929,64 @@ OrtStatusPtr Kernel::Run(OrtKernelContext* context) {
   return status;
 }
 
+OrtStatusPtr Kernel::MakeOutArgument(OrtKernelContext* context, size_t n_outputs,
+                                     PyObject** out, std::vector<PyObject*>* lent) {
+  bool ready = n_outputs > 0;
+  for (size_t j = 0; ready && j < n_outputs; ++j) {
+    if (!output_present[j]) continue;
+    ready = output_rank[j] >= 0 && static_cast<int>(output_dims[j].size()) == output_rank[j] &&
+            DescrFor(output_types[j]) != nullptr &&
+            std::all_of(output_dims[j].begin(), output_dims[j].end(),
+                        [](int64_t dim) { return dim >= 0; });
+  }
+  if (!ready) {
+    Py_INCREF(Py_None);
+    *out = Py_None;
+    return nullptr;
+  }
+  Ref tuple(n_outputs > 1 ? PyTuple_New(static_cast<Py_ssize_t>(n_outputs)) : nullptr);
+  if (n_outputs > 1 && !tuple) return Fail(ORT_FAIL, TakePythonError());
+  Ref single;
+  for (size_t j = 0; j < n_outputs; ++j) {
+    Ref array;
+    if (!output_present[j]) {
+      Py_INCREF(Py_None);
+      array = Ref(Py_None);
+    } else {
+      const std::vector<int64_t>& dims = output_dims[j];
+      OrtValue* value = nullptr;
+      if (OrtStatusPtr status =
+              api->KernelContext_GetOutput(context, j, dims.data(), dims.size(), &value)) {
+        return Fail(ORT_FAIL, "cannot allocate output " + std::to_string(j) + ": " +
+                                  TakeMessage(api, status));
+      }
+      void* data = nullptr;
+      if (OrtStatusPtr status = api->GetTensorMutableData(value, &data)) {
+        return Fail(ORT_FAIL, "output " + std::to_string(j) + ": " + TakeMessage(api, status));
+      }
+      npy_intp np_dims[NPY_MAXDIMS];
+      for (size_t i = 0; i < dims.size(); ++i) np_dims[i] = static_cast<npy_intp>(dims[i]);
+      array = Ref(LendArray(DescrFor(output_types[j]), static_cast<int>(dims.size()), np_dims,
+                            data, /*writable=*/true));
+      if (!array) return Fail(ORT_FAIL, TakePythonError());
+      lent->push_back(array.get());
+    }
+    if (n_outputs > 1) {
+      PyTuple_SET_ITEM(tuple.get(), static_cast<Py_ssize_t>(j), array.release());
+    } else {
+      single = std::move(array);
+    }
+  }
+  *out = n_outputs > 1 ? tuple.release() : single.release();
+  return nullptr;
+}
+
 OrtStatusPtr Kernel::CallAndWrite(OrtKernelContext* context, PyObject* const* args,
-                                  size_t n_positional, size_t n_outputs) {
+                                  size_t n_positional, size_t n_kwargs, size_t n_outputs,
+                                  PyObject* out_arg) {
   const OpDef& d = *def;
   Ref result(PyObject_Vectorcall(d.compute, args, n_positional | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                 attr_values.empty() ? nullptr : d.kwnames));
+                                 n_kwargs == 0 ? nullptr : d.kwnames));
   if (!result) {
     if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
       PyErr_Clear();
@@ -916,6 +995,9 @@ OrtStatusPtr Kernel::CallAndWrite(OrtKernelContext* context, PyObject* const* ar
     }
     return Fail(ORT_RUNTIME_EXCEPTION, "the kernel raised " + TakePythonError());
   }
+
+  // The kernel wrote ORT's outputs through `out` and returned None.
+  if (result.get() == Py_None && out_arg != nullptr && out_arg != Py_None) return nullptr;
 
   // A single array, or a tuple/list with one entry per output. A list is copied
   // into a tuple first: large outputs are copied without the GIL, and another
