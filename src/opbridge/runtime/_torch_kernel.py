@@ -59,6 +59,23 @@ def _consume_readonly_warning() -> None:
         _warning_consumed = True
 
 
+try:
+    import ml_dtypes
+
+    _BFLOAT16: Any = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes comes with onnx
+    _BFLOAT16 = None
+
+
+def _to_numpy(tensor: Any) -> Any:
+    """A result as numpy; what is not a tensor goes to the host, which names it."""
+    if not isinstance(tensor, torch.Tensor):
+        return tensor
+    if tensor.dtype == torch.bfloat16 or tensor.requires_grad:
+        return as_numpy(tensor)
+    return tensor.numpy()
+
+
 def _direct_function(torch_def: Any, overload: Any) -> Callable[..., Any] | None:
     """The op's Python implementation when calling it directly is what torch would run."""
     fn = getattr(torch_def, "_init_fn", None)
@@ -106,6 +123,8 @@ def torch_kernel(
     storage_uses = torch._C._storage_Use_Count
     getrefcount = sys.getrefcount
 
+    from_numpy = torch.from_numpy
+
     def compute(*arrays: np.ndarray | None, **attrs: Any) -> Any:
         named: dict[str, Any] = {}
         # (input name, tensor, version, storage) of every tensor made from an input.
@@ -114,7 +133,8 @@ def torch_kernel(
         def tensor_of(pname: str, array: np.ndarray | None) -> torch.Tensor | None:
             if array is None:
                 return None
-            t = as_torch(array)
+            # dtype.name is slow (computed in Python); bfloat16 is the one special case.
+            t = as_torch(array) if array.dtype == _BFLOAT16 else from_numpy(array)
             if pname in mutated:
                 return t.clone()  # declared writes go to a copy of ONNX Runtime's buffer
             lent.append((pname, t, t._version, t.untyped_storage()))
@@ -151,8 +171,8 @@ def torch_kernel(
             if getrefcount(t) > 3 or storage_uses(storage._cdata) > 2:
                 storage._swap_data_ptr_(storage.clone())
         if isinstance(out, (tuple, list)):
-            return tuple(as_numpy(o) for o in out)
-        return as_numpy(out)
+            return tuple(_to_numpy(o) for o in out)
+        return _to_numpy(out)
 
     compute.__name__ = f"{name}:torch"
     return compute
