@@ -8,8 +8,9 @@ a numpy kernel with ``out=``), hand-built one-node or 20-node models run by
 ``opbridge.Session``, against the same model with ONNX's ``Neg`` (a native node ONNX
 Runtime keeps), also run by ``opbridge.Session``. Each case runs twice:
 
-* **default**: nothing set by the user (opbridge turns ORT's spinning off when a
-  session runs torch kernels; torch keeps its own thread count);
+* **default**: nothing set by the user (what opbridge arranges: ORT's spinning off in
+  sessions with Python kernels, ``OMP_WAIT_POLICY=PASSIVE`` as opbridge is imported
+  before torch; torch keeps its own thread count);
 * **pinned**: ``intra_op_num_threads=1`` for both sessions and ``torch.set_num_threads(1)``.
 
 Timings are interleaved (custom, native, custom, ...) and each ratio is the median of
@@ -29,12 +30,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import opbridge  # first, as the CLI does: sets OMP_WAIT_POLICY before torch loads  # isort: skip
+
 import numpy as np
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
-
-import opbridge
 
 DOMAIN = "bench.public"
 
