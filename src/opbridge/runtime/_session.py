@@ -32,6 +32,9 @@ _configured = weakref.WeakKeyDictionary()
 # The kernel host's error text for a kernel interrupted by Ctrl-C (runtime/host/kernel.cc).
 _INTERRUPTED = "[opbridge:interrupted]"
 _BFLOAT16 = onnx.TensorProto.BFLOAT16
+# numpy's dtype for it (ml_dtypes); compared by identity-like equality, since
+# dtype.name is computed in Python and costs a microsecond per call.
+_BFLOAT16_DTYPE = helper.tensor_dtype_to_np_dtype(_BFLOAT16)
 
 
 def kernel_provider() -> Any:
@@ -393,7 +396,7 @@ class Session:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            if self._bfloat16 or any(a.dtype.name == "bfloat16" for a in feeds.values()):
+            if self._bfloat16 or any(a.dtype == _BFLOAT16_DTYPE for a in feeds.values()):
                 return self._run_bfloat16(feeds)
             return self._session.run(None, feeds)  # type: ignore[no-any-return]
         except Exception as e:
@@ -408,7 +411,7 @@ class Session:
         import ml_dtypes
 
         def ort_value(array: np.ndarray) -> Any:
-            if array.dtype.name != "bfloat16":
+            if array.dtype != _BFLOAT16_DTYPE:
                 return ort.OrtValue.ortvalue_from_numpy(array)
             bits = np.ascontiguousarray(array).view(np.uint16)
             return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, onnx.TensorProto.BFLOAT16)

@@ -57,14 +57,22 @@ OrtStatusPtr Kernel::Init(const OrtKernelInfo* info) {
   // allowed sets now so that a mismatch fails at session creation.
   size_t n_inputs = 0;
   if (OrtStatusPtr status = api->KernelInfo_GetInputCount(info, &n_inputs)) return status;
+  // Whether every input has a static shape in the model. When one is dynamic, a
+  // static shape declared on an output may be the example's size an exporter wrote
+  // while tracing (TorchScript does), so outputs are then only checked by rank.
+  bool inputs_static = true;
   for (size_t i = 0; i < n_inputs && !d.inputs.empty(); ++i) {
     const IODef& io = d.inputs[SpecIndex(d.inputs, i)];
-    if (io.types.empty()) continue;
     OrtTypeInfo* type_info = nullptr;
     if (Status absent{api, api->KernelInfo_GetInputTypeInfo(info, i, &type_info)}) {
       continue;  // an absent optional input: nothing to check
     }
-    const ONNXTensorElementDataType type = ReadDeclared(api, type_info).type;
+    const Declared declared = ReadDeclared(api, type_info);
+    inputs_static = inputs_static && declared.rank >= 0 &&
+                    std::all_of(declared.dims.begin(), declared.dims.end(),
+                                [](int64_t dim) { return dim > 0; });
+    const ONNXTensorElementDataType type = declared.type;
+    if (io.types.empty()) continue;
     if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && !TypeAllowed(io, type)) {
       return Fail(ORT_INVALID_GRAPH, "input " + std::to_string(i) + " ('" + io.name + "') is " +
                                          TypeName(type) + ", but the op accepts " +
@@ -95,7 +103,7 @@ OrtStatusPtr Kernel::Init(const OrtKernelInfo* info) {
     Declared declared = ReadDeclared(api, type_info);
     output_types[i] = declared.type;
     output_rank[i] = declared.rank;
-    output_dims[i] = std::move(declared.dims);
+    if (inputs_static) output_dims[i] = std::move(declared.dims);
     const IODef* io = d.outputs.empty() ? nullptr : &d.outputs[SpecIndex(d.outputs, i)];
     if (io != nullptr && declared.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED &&
         !TypeAllowed(*io, declared.type)) {
