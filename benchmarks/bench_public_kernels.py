@@ -194,9 +194,7 @@ def run_cases(repeats: int, seconds: float) -> None:
 
 def run_memory() -> None:
     """RSS over 10,000 runs of a torch-route and a numpy-route session."""
-    with open("/proc/self/statm") as fh:
-        page = os.sysconf("SC_PAGE_SIZE")
-        del fh
+    page = os.sysconf("SC_PAGE_SIZE")
 
     def rss() -> int:
         with open("/proc/self/statm") as fh:
