@@ -110,7 +110,7 @@ def _extensions() -> list[Extension]:
         Extension(
             "opbridge.runtime._host_ext",
             sources=sources,
-            depends=[str(HOST_DIR / "host.h"), str(HOST_DIR / "exports.map")],
+            depends=[*map(str, sorted(HOST_DIR.glob("*.h"))), str(HOST_DIR / "exports.map")],
             include_dirs=[str(HOST_DIR)],
             define_macros=[
                 # Never call OrtGetApiBase (no libonnxruntime link): the API table

@@ -3,7 +3,17 @@ exporter, run it in ONNX Runtime with kernels in Python, torch or C++, and verif
 that ONNX Runtime and PyTorch agree.
 """
 
+import os as _os
+import sys as _sys
 from contextlib import AbstractContextManager
+
+# torch's OpenMP threads busy-wait between parallel regions by default. When torch
+# kernels run inside ONNX Runtime (or the machine is shared), the waiting threads take
+# the cores the working ones need: on a loaded 2-core machine torch.neg on 1M floats
+# took 20 ms with 2 threads instead of 1 ms. OpenMP reads this once, when torch loads,
+# so it only applies when opbridge is imported first; a value you set wins.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from opbridge._errors import (
     DeclarationError,

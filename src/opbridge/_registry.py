@@ -122,6 +122,11 @@ class Registry:
         with self._lock:
             self._ops[op.qualified_name] = op
 
+    def remove_op(self, qualified_name: str) -> None:
+        """Forgets a declared op (its torch op stays registered with torch); for tests."""
+        with self._lock:
+            self._ops.pop(qualified_name, None)
+
     def ops(self) -> list[CustomOpDef]:
         with self._lock:
             return list(self._ops.values())

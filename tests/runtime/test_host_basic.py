@@ -238,6 +238,7 @@ def test_a_missing_extension_is_reported_not_raised(monkeypatch):
     monkeypatch.delattr(opbridge.runtime, "_host_ext", raising=False)
     spec = importlib.util.spec_from_file_location("_host_copy", _host.__file__)
     copy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "_host_copy", copy)  # dataclasses look their module up
     spec.loader.exec_module(copy)
     assert copy.available() is False
     assert "opbridge.runtime._host_ext is not importable" in copy.unavailable_reason()

@@ -142,8 +142,11 @@ def test_bfloat16_without_ml_dtypes_uses_uint16_bits(host, tmp_path):
             seen["dtype"] = str(x.dtype)
             seen["bits"] = x.tolist()
             return x
-        ext.install([("test.nomldtypes", "Op", 1, [("x", [16], False, False)],
-                      [("y", [16], False, False)], [], compute, "Op(x) -> y")])
+        from types import SimpleNamespace as N  # the fields of _host.HostOpDef
+        port = lambda name: N(name=name, types=[16], optional=False, variadic=False)
+        ext.install([N(domain="test.nomldtypes", op_type="Op", version=1, inputs=[port("x")],
+                       outputs=[port("y")], attributes=[], compute=compute,
+                       signature="Op(x) -> y", writes_out=False)])
         so = ort.SessionOptions()
         so.register_custom_ops_library(ext.__file__)
         sess = ort.InferenceSession({str(path)!r}, so, providers=["CPUExecutionProvider"])

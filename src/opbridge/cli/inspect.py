@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 
 __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
 
-    from opbridge._model import read_graph
     from opbridge.runtime._plan import custom_nodes, plan_kernels
-    from opbridge.runtime._session import kernel_provider
+    from opbridge.runtime._session import kernel_provider, read_model_graph
 
-    model = read_graph(args.model)  # the graph only: no weights read
+    model = read_model_graph(args.model)  # the graph only: no weights read
     print(
         f"{args.model}: IR {model.ir_version}, producer {model.producer_name} "
         f"{model.producer_version}".rstrip()

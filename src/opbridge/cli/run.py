@@ -52,10 +52,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _graph_inputs(path: str) -> list:  # type: ignore[type-arg]
+    from opbridge.runtime._session import read_model_graph
 
-    from opbridge._model import read_graph
-
-    model = read_graph(path)  # the graph only: no weights read
+    model = read_model_graph(path)  # the graph only: no weights read
     initializers = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import typing
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,12 @@ import numpy as np
 import onnx.defs
 import torch
 
-from opbridge._dtypes import as_numpy, as_torch
 from opbridge._errors import DeclarationError, LoweringError
 from opbridge._registry import REGISTRY, Lowering
 from opbridge.declaration._schema import fake_infer, make_schema, register_schema
 from opbridge.declaration._signature import OpLayout, layout_of, node_arguments
 from opbridge.runtime._kernels import AttrSpec, IOSpec, KernelSpec
+from opbridge.runtime._torch_kernel import torch_kernel
 
 __all__ = ["CustomOpDef", "custom_op"]
 
@@ -60,6 +60,7 @@ class CustomOpDef:
         self._lowering: Lowering | None = None
         self._layout = layout_of(self.overload)
         self._layout.check_supported()
+        _check_standard_name(self.qualified_name, op_type, self._layout)
         self._schema = make_schema(
             self._layout,
             domain=domain,
@@ -117,6 +118,16 @@ class CustomOpDef:
         ``fn`` takes the op's arguments by name, numpy arrays for tensors, and returns
         a numpy array (or a tuple of them). Without it, ONNX Runtime runs the op's own
         torch implementation.
+
+        A kernel with an ``out`` parameter writes its results straight into the
+        buffers ONNX Runtime allocates, saving the copy of each output: when the
+        model declares every output's shape, ``out`` is that array (a tuple for
+        several outputs) and the kernel returns ``None`` or ``out``; otherwise
+        ``out`` is ``None`` and it returns new arrays::
+
+            @my_tanh.register_kernel
+            def _(x, out=None):
+                return np.tanh(x, out=out)
         """
         self._numpy_kernel = fn
         return fn
@@ -209,14 +220,46 @@ class CustomOpDef:
             AttrSpec(p.name, p.attr_kind, p.default, required=not p.optional)  # type: ignore[arg-type]
             for p in layout.attributes
         )
+        writes_out = False
         if self._numpy_kernel is not None:
             compute = _numpy_compute(layout, self._numpy_kernel)
             origin = "numpy"
+            writes_out = _takes_out(self._numpy_kernel)
         else:
-            compute = _torch_compute(layout, self.overload)
+            compute = torch_kernel(
+                self.qualified_name, layout.params, self.overload, self._torch_def
+            )
             origin = "torch"
         return KernelSpec(
-            self.domain, self.op_type, self.version, inputs, outputs, attributes, compute, origin
+            self.domain,
+            self.op_type,
+            self.version,
+            inputs,
+            outputs,
+            attributes,
+            compute,
+            origin,
+            writes_out=writes_out,
+        )
+
+
+def _check_standard_name(name: str, op_type: str, layout: OpLayout) -> None:
+    """Refuses an op named like a standard ONNX op with fewer inputs than it takes.
+
+    ONNX Runtime's graph optimizers match some nodes by op type in any domain and
+    read their inputs by position: a custom-domain ``Add`` with one input aborts the
+    process (a failed assertion) when the session is created.
+    """
+    if not onnx.defs.has(op_type):
+        return
+    needed = onnx.defs.get_schema(op_type).min_input
+    fewest = sum(1 for p in layout.inputs if not p.optional and not p.variadic)
+    if fewest < needed:
+        raise DeclarationError(
+            f"Custom op {name}: op_type {op_type!r} is also a standard ONNX op, which takes at "
+            f"least {needed} inputs; ONNX Runtime's optimizers match nodes by that name in any "
+            f"domain and abort the process on one with {fewest}. Choose another op_type, "
+            f"e.g. op_type='My{op_type}'."
         )
 
 
@@ -243,32 +286,19 @@ def _split_inputs(layout: OpLayout, inputs: Sequence[Any]) -> dict[str, Any]:
     return named
 
 
+def _takes_out(fn: Callable[..., Any]) -> bool:
+    """Whether a numpy kernel has an ``out`` parameter (it may write ORT's outputs)."""
+    try:
+        return "out" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
 def _numpy_compute(layout: OpLayout, fn: Callable[..., Any]) -> Callable[..., Any]:
     def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
         return fn(**_split_inputs(layout, inputs), **attrs)
 
     compute.__name__ = f"{layout.name}:numpy"
-    return compute
-
-
-def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
-    def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
-        named = _split_inputs(layout, inputs)
-        with warnings.catch_warnings():
-            # ORT's buffers are read-only views; the torch impl must not write them.
-            warnings.simplefilter("ignore", UserWarning)
-            tensors = {
-                k: ([as_torch(x) for x in v] if isinstance(v, list) else
-                    (None if v is None else as_torch(v)))
-                for k, v in named.items()
-            }  # fmt: skip
-        with torch.no_grad():
-            out = overload(**tensors, **attrs)
-        if isinstance(out, (tuple, list)):
-            return tuple(as_numpy(o) for o in out)
-        return as_numpy(out)
-
-    compute.__name__ = f"{layout.name}:torch"
     return compute
 
 
@@ -368,6 +398,13 @@ def custom_op(
         raise DeclarationError(f"Custom op {name}: op_type {resolved_type!r} is not an identifier.")
 
     def decorate(func: Callable[..., Any]) -> CustomOpDef:
+        for other in REGISTRY.ops_for_node(domain, resolved_type):
+            if other.version == version and other.qualified_name != name:
+                raise DeclarationError(
+                    f"Custom op {name}: {domain}::{resolved_type} version {version} is already "
+                    f"declared by {other.qualified_name}; a model's node could only run one of "
+                    f"them. Give this op another op_type or version."
+                )
         try:
             torch_def = torch.library.custom_op(name, func, mutates_args=mutates_args)
         except (ValueError, TypeError, RuntimeError) as e:

@@ -55,7 +55,7 @@ _BASE_FLAGS = (
 _VERSION_SCRIPT = "{ global: RegisterCustomOps; local: *; };\n"
 # A diagnostic line worth a one-line summary: "file:line:col: error: ..." or a link error.
 _ERROR_LINE = re.compile(r"(\berror\b|undefined reference)", re.IGNORECASE)
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")  # whole name: fullmatch
 _PROGRESS_AFTER_S = 1.0
 _INCLUDE_DIR = pathlib.Path(__file__).resolve().parent / "include"
 
@@ -135,7 +135,7 @@ def build_library(
     if not sys.platform.startswith("linux"):
         # The flags below (-z defs, --version-script, --require-defined) are GNU ld's.
         raise BuildError(f"opbridge builds native libraries on Linux only, not {sys.platform}")
-    if not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise BuildError(f"invalid library name {name!r}: use letters, digits, '_', '.', '-'")
     srcs = [pathlib.Path(s).expanduser().resolve() for s in sources]
     if not srcs:
@@ -218,7 +218,7 @@ def load_inline(
     Raises:
         BuildError: As for :func:`build_library`.
     """
-    if not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise BuildError(f"invalid library name {name!r}: use letters, digits, '_', '.', '-'")
     data = cpp_source.encode()
     digest = hashlib.sha256(data).hexdigest()[:16]
@@ -253,7 +253,8 @@ def _count(*, hit: bool) -> None:
             _STATS.compiles += 1
 
 
-def _find_compiler() -> str:
+def _find_compiler() -> list[str]:
+    """The compiler command: ``$CXX`` split like a shell would (``"g++ -DX"`` keeps -DX)."""
     requested = os.environ.get("CXX", "g++")
     argv = shlex.split(requested)
     found = shutil.which(argv[0]) if argv else None
@@ -262,20 +263,20 @@ def _find_compiler() -> str:
             f"C++ compiler {requested!r} not found; install g++ (e.g. `apt-get install g++` "
             "or `dnf install gcc-c++`) or set CXX to a C++17 compiler"
         )
-    return found
+    return [found, *argv[1:]]
 
 
-def _compiler_id(cxx: str) -> str:
-    """Returns the compiler's path and ``--version`` banner (memoised per binary)."""
-    stat = os.stat(cxx)
-    cache_key = (cxx, stat.st_mtime)
+def _compiler_id(cxx: list[str]) -> str:
+    """Returns the compiler's command and ``--version`` banner (memoised per binary)."""
+    stat = os.stat(cxx[0])
+    cache_key = (" ".join(cxx), stat.st_mtime)
     if cache_key not in _COMPILER_IDS:
         proc = subprocess.run(
-            [cxx, "--version"], capture_output=True, text=True, check=False, timeout=60
+            [*cxx, "--version"], capture_output=True, text=True, check=False, timeout=60
         )
         if proc.returncode != 0:
-            raise BuildError(f"`{cxx} --version` failed: {proc.stderr.strip()}")
-        _COMPILER_IDS[cache_key] = f"{cxx}\n{proc.stdout.strip()}"
+            raise BuildError(f"`{' '.join(cxx)} --version` failed: {proc.stderr.strip()}")
+        _COMPILER_IDS[cache_key] = f"{shlex.join(cxx)}\n{proc.stdout.strip()}"
     return _COMPILER_IDS[cache_key]
 
 
@@ -308,7 +309,15 @@ def _lookup(entry: pathlib.Path, name: str, key: str) -> pathlib.Path | None:
     if full is None:
         return None
     path = entry / f"lib{name}-{full}.so"
-    return path if path.is_file() else None
+    # The library's own digest, recorded at build: a truncated copy (disk full, an
+    # interrupted copy) would crash the process when loaded, and a replaced file
+    # would run someone else's code. Either is rebuilt.
+    recorded = manifest.get("library_sha256")
+    try:
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return path if recorded == actual else None
 
 
 @contextlib.contextmanager
@@ -398,7 +407,10 @@ def _parse_depfile(text: str) -> list[str]:
     for line in prereqs.splitlines():
         # Phony targets (-MP) would appear as "header.h:" lines; -MP is not used.
         tokens = re.findall(r"(?:\\ |[^\s])+", line)
-        deps.extend(tok.replace("\\ ", " ") for tok in tokens)
+        # make's escapes: "\ " for a space, "$$" for "$", "\#" for "#".
+        deps.extend(
+            tok.replace("\\ ", " ").replace("$$", "$").replace("\\#", "#") for tok in tokens
+        )
     return deps
 
 
@@ -406,7 +418,7 @@ def _compile(
     name: str,
     key: str,
     entry: pathlib.Path,
-    cxx: str,
+    cxx: list[str],
     srcs: list[pathlib.Path],
     cflags: list[str],
     ldflags: list[str],
@@ -423,7 +435,7 @@ def _compile(
                 obj = tmp / f"{index}-{src.stem}.o"
                 depfile = obj.with_suffix(".d")
                 _run(
-                    [cxx, *cflags, "-MMD", "-MF", str(depfile), "-c", str(src), "-o", str(obj)],
+                    [*cxx, *cflags, "-MMD", "-MF", str(depfile), "-c", str(src), "-o", str(obj)],
                     name,
                     verbose,
                 )
@@ -434,7 +446,7 @@ def _compile(
             out = tmp / f"lib{name}.so"
             _run(
                 [
-                    cxx,
+                    *cxx,
                     *cflags,
                     *objects,
                     f"-Wl,--version-script={version_script}",
@@ -451,7 +463,11 @@ def _compile(
                 raise BuildError(f"{name}: a header changed or vanished during the build")
             final = entry / f"lib{name}-{full}.so"
             os.replace(out, final)
-            manifest = {"key": key, "deps": dep_list}
+            manifest = {
+                "key": key,
+                "deps": dep_list,
+                "library_sha256": hashlib.sha256(final.read_bytes()).hexdigest(),
+            }
             _atomic_write(entry / "manifest.json", json.dumps(manifest, indent=1).encode())
         ok = True
         return final

@@ -13,6 +13,7 @@ before opbridge (or its dependencies) can be imported.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -113,6 +114,12 @@ def ort_include_dir() -> pathlib.Path:
     target = cache_root() / "ort-headers" / _NPM_VERSION
     if _is_complete(target):
         return target
+    if target.exists():
+        # Damaged or replaced since it was extracted: set it aside and fetch again.
+        aside = target.with_name(f".{target.name}-damaged-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.rename(target, aside)
+        shutil.rmtree(aside, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="opbridge-npm-") as download_dir:
         tarball = _npm_pack(pathlib.Path(download_dir))
@@ -134,8 +141,35 @@ def ort_include_dir() -> pathlib.Path:
     return target
 
 
+_DIGESTS = "opbridge-sha256.json"
+
+
+def _digests(path: pathlib.Path) -> dict[str, str]:
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(path.iterdir())
+        if f.is_file() and f.name != _DIGESTS
+    }
+
+
 def _is_complete(path: pathlib.Path) -> bool:
-    return all((path / name).is_file() for name in _REQUIRED)
+    """Whether the cache holds every header, each with the digest recorded at extraction.
+
+    A cache from before digests were recorded gets them now (its tarball was checked
+    when it was extracted).
+    """
+    if not all((path / name).is_file() for name in _REQUIRED):
+        return False
+    try:
+        actual = _digests(path)
+        recorded_file = path / _DIGESTS
+        if not recorded_file.is_file():
+            recorded_file.write_text(json.dumps(actual, indent=1))
+            return True
+        recorded = json.loads(recorded_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and recorded == actual
 
 
 def _npm_pack(dest: pathlib.Path) -> pathlib.Path:
@@ -209,3 +243,4 @@ def _extract_headers(tarball: pathlib.Path, dest: pathlib.Path) -> None:
     missing = [name for name in _REQUIRED if not (dest / name).is_file()]
     if missing:
         raise HeaderError(f"{tarball.name} lacks {', '.join(missing)}")
+    (dest / _DIGESTS).write_text(json.dumps(_digests(dest), indent=1))

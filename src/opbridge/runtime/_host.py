@@ -46,6 +46,7 @@ still runs one at a time).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -383,7 +384,43 @@ def _attr_text(attr: AttrSpec) -> str:
     return f"{attr.name}: {attr.kind} = {attr.default!r}"
 
 
-def _encode_port(io: IOSpec, where: str) -> tuple[str, list[int], bool, bool]:
+@dataclasses.dataclass(frozen=True)
+class HostPort:
+    """One input or output as the extension reads it (by field name)."""
+
+    name: str
+    types: tuple[int, ...]  # ONNX element types; empty: any
+    optional: bool
+    variadic: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class HostAttr:
+    """One attribute as the extension reads it."""
+
+    name: str
+    kind: int  # index into _ATTR_KINDS (the extension's AttrKind)
+    default: Any
+    required: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class HostOpDef:
+    """A kernel definition as ``_host_ext.install`` reads it: the one declaration of the
+    interface between this module and the extension, which reads these fields by name."""
+
+    domain: str
+    op_type: str
+    version: int
+    inputs: tuple[HostPort, ...]
+    outputs: tuple[HostPort, ...]
+    attributes: tuple[HostAttr, ...]
+    compute: Any
+    signature: str
+    writes_out: bool
+
+
+def _encode_port(io: IOSpec, where: str) -> HostPort:
     types: list[int] = []
     for dtype in io.dtypes:
         key = dtype.name if isinstance(dtype, np.dtype) else str(dtype)
@@ -394,30 +431,31 @@ def _encode_port(io: IOSpec, where: str) -> tuple[str, list[int], bool, bool]:
             )
         if DTYPE_NAMES[key] not in types:
             types.append(DTYPE_NAMES[key])
-    return (io.name, types, bool(io.optional), bool(io.variadic))
+    return HostPort(io.name, tuple(types), bool(io.optional), bool(io.variadic))
 
 
-def _encode_attr(attr: AttrSpec, where: str) -> tuple[str, int, Any, bool]:
+def _encode_attr(attr: AttrSpec, where: str) -> HostAttr:
     if attr.kind not in _ATTR_KINDS:
         raise ValueError(
             f"{where}: attribute '{attr.name}' has kind {attr.kind!r}; expected one of "
             f"{', '.join(_ATTR_KINDS)}"
         )
-    return (attr.name, _ATTR_KINDS[attr.kind], attr.default, bool(attr.required))
+    return HostAttr(attr.name, _ATTR_KINDS[attr.kind], attr.default, bool(attr.required))
 
 
-def _encode(spec: KernelSpec) -> tuple[Any, ...]:
-    """Flattens a KernelSpec into the tuple layout ``_host_ext.install`` parses."""
+def _encode(spec: KernelSpec) -> HostOpDef:
+    """The extension's view of a KernelSpec."""
     where = spec.qualified_name
     if not callable(spec.compute):
         raise TypeError(f"{where}: compute is not callable")
-    return (
+    return HostOpDef(
         spec.domain,
         spec.op_type,
         int(spec.version),
-        [_encode_port(io, where) for io in spec.inputs],
-        [_encode_port(io, where) for io in spec.outputs],
-        [_encode_attr(attr, where) for attr in spec.attributes],
+        tuple(_encode_port(io, where) for io in spec.inputs),
+        tuple(_encode_port(io, where) for io in spec.outputs),
+        tuple(_encode_attr(attr, where) for attr in spec.attributes),
         spec.compute,
         signature(spec),
+        bool(spec.writes_out),
     )

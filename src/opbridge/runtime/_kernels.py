@@ -75,6 +75,11 @@ class KernelSpec:
     attributes: tuple[AttrSpec, ...]
     compute: Callable[..., np.ndarray | Sequence[np.ndarray]]
     origin: str = "numpy"  # "numpy" (a registered numpy kernel) or "torch" (the op's torch impl)
+    #: ``compute`` takes ``out=``: the arrays ONNX Runtime allocated for the outputs
+    #: (one array, or a tuple for several), when the model declares every output's
+    #: shape; it writes them and returns ``None`` (or ``out``). Otherwise ``out`` is
+    #: ``None`` and it returns new arrays as usual.
+    writes_out: bool = False
 
     @property
     def qualified_name(self) -> str:

@@ -112,6 +112,40 @@ OPBRIDGE_HOT double SumSquaredDeviation(const float* x, size_t n, float mean) {
   return total;
 }
 
+// Shifted sums of x[0, n) in one pass: s1 = sum(x - k), s2 = sum((x - k)^2), float
+// vector accumulators per block, blocks added in double. With k close to the data
+// (the group's first element), var = s2/n - (s1/n)^2 does not suffer the
+// cancellation of E[x^2] - E[x]^2, and the group is read once instead of twice.
+OPBRIDGE_HOT void ShiftedSums(const float* x, size_t n, float k, double* s1_out, double* s2_out) {
+  double s1 = 0.0, s2 = 0.0;
+  const V8 vk = k - V8{};
+  for (size_t start = 0; start < n; start += kBlock) {
+    const size_t len = std::min(kBlock, n - start);
+    const float* p = x + start;
+    V8 a0 = {}, a1 = {}, q0 = {}, q1 = {};
+    size_t i = 0;
+    for (; i + 2 * kWidth <= len; i += 2 * kWidth) {
+      const V8 d0 = Load(p + i) - vk;
+      const V8 d1 = Load(p + i + kWidth) - vk;
+      a0 += d0;
+      a1 += d1;
+      q0 += d0 * d0;
+      q1 += d1 * d1;
+    }
+    double b1 = HorizontalSum(a0 + a1);
+    double b2 = HorizontalSum(q0 + q1);
+    for (; i < len; ++i) {
+      const double d = static_cast<double>(p[i]) - k;
+      b1 += d;
+      b2 += d * d;
+    }
+    s1 += b1;
+    s2 += b2;
+  }
+  *s1_out = s1;
+  *s2_out = s2;
+}
+
 // y = x * a + b.
 OPBRIDGE_HOT void Affine(const float* x, float* y, size_t n, float a, float b) {
   const V8 va = a - V8{};
@@ -165,8 +199,12 @@ void NormalizeGroup(const T* x, T* y, const T* scale, const T* bias, size_t chan
   const size_t count = channels * spatial;
   if (count == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    const float mean = static_cast<float>(Sum(x, count) / static_cast<double>(count));
-    const double var = SumSquaredDeviation(x, count, mean) / static_cast<double>(count);
+    double s1 = 0.0, s2 = 0.0;
+    ShiftedSums(x, count, x[0], &s1, &s2);
+    const double n = static_cast<double>(count);
+    const double shifted_mean = s1 / n;
+    const float mean = static_cast<float>(x[0] + shifted_mean);
+    const double var = std::max(0.0, s2 / n - shifted_mean * shifted_mean);
     const float rstd = static_cast<float>(1.0 / std::sqrt(var + epsilon));
     for (size_t c = 0; c < channels; ++c) {
       const float a = rstd * scale[c];

@@ -79,7 +79,10 @@ struct OpDef {
   std::vector<IODef> outputs;
   std::vector<AttrDef> attrs;
   PyObject* compute = nullptr;  // strong reference
-  PyObject* kwnames = nullptr;  // strong reference: tuple of attribute names
+  PyObject* kwnames = nullptr;  // strong reference: attribute names (+ "out", see writes_out)
+  // The kernel takes `out=`: arrays over the outputs ORT allocates, when the model
+  // declares their shapes, for it to write in place.
+  bool writes_out = false;
   std::string signature;        // human readable, for error messages
   std::string layout;           // canonical I/O signature as ORT sees it
 
@@ -150,6 +153,40 @@ void ORT_API_CALL KernelDestroy(void* kernel);
 OpDefPtr CurrentDefFor(const OrtCustomOp* op, std::string* layout_out);
 
 void NoteKernelCreated();
+
+// Lent buffers (lifetime.cc) --------------------------------------------------
+
+// Hooks ndarray's tp_alloc/tp_free so that BirthScope can see the arrays a kernel
+// makes. Called once, when the module is imported.
+bool InstallArrayHooks();
+
+// Records every ndarray allocated on this thread while it lives (one kernel
+// call). Requires the GIL for its whole life.
+class BirthScope {
+ public:
+  BirthScope();
+  ~BirthScope();
+  BirthScope(const BirthScope&) = delete;
+  BirthScope& operator=(const BirthScope&) = delete;
+
+  void Add(PyObject* array);
+  // Arrays born in this scope that are still alive.
+  std::vector<PyObject*> Survivors() const;
+
+ private:
+  BirthScope* outer_;
+  std::vector<PyObject*> born_;
+};
+
+// A C-contiguous numpy array over `data` that ORT owns: read-only (its base is a
+// marker object, so the flag cannot be turned back on) unless `writable`.
+PyObject* LendArray(PyArray_Descr* descr, int nd, npy_intp* dims, void* data, bool writable);
+
+// After the call: when anything still references `lent` (directly, as the base of
+// a derived view, or from a tensor's storage), gives `lent` and every surviving
+// array of `scope` that points into its buffer a private copy of the data.
+// Returns 1 when it did, 0 when nothing was kept, -1 with a Python error set.
+int ReclaimLent(PyObject* lent, const BirthScope& scope);
 void NoteKernelDestroyed();
 
 }  // namespace opbridge_host

@@ -2,7 +2,7 @@
 //
 // Python-facing surface (used by opbridge/runtime/_host.py, which validates and
 // normalizes KernelSpec objects first):
-//   install(defs)      add or replace kernel definitions (see ParseOpDef)
+//   install(defs)      add or replace kernel definitions (HostOpDef objects, see ParseOpDef)
 //   installed()        [(domain, op_type, version), ...]
 //   set_next_registration(overloads, versions)
 //                      what this thread's next RegisterCustomOps call registers
@@ -71,67 +71,126 @@ bool Supported(int type) {
          (type > 0 && type < kMaxElementType && g_descr[type] != nullptr);
 }
 
-// Parses (name, types, optional, variadic).
-bool ParseIO(PyObject* item, IODef* out) {
-  const char* name = nullptr;
-  PyObject* types = nullptr;
-  int optional = 0, variadic = 0;
-  if (!PyArg_ParseTuple(item, "sOpp", &name, &types, &optional, &variadic)) return false;
-  out->name = name;
-  out->optional = optional != 0;
-  out->variadic = variadic != 0;
-  PyObject* seq = PySequence_Fast(types, "types must be a sequence of ints");
-  if (seq == nullptr) return false;
-  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); ++i) {
-    long type = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-    if (type == -1 && PyErr_Occurred()) {
-      Py_DECREF(seq);
+// The extension reads kernel definitions by attribute name: the one declaration
+// of their fields is `HostOpDef`, `HostPort` and `HostAttr` in
+// opbridge/runtime/_host.py. A missing or mistyped field is a TypeError naming it.
+class Fields {
+ public:
+  Fields(PyObject* obj, const char* what) : obj_(obj), what_(what) {}
+
+  PyObject* Get(const char* name) {  // new reference, or nullptr with an error set
+    PyObject* value = PyObject_GetAttrString(obj_, name);
+    if (value == nullptr) {
+      PyErr_Format(PyExc_TypeError, "%s has no field '%s' (see opbridge.runtime._host.%s)",
+                   what_, name, what_);
+    }
+    return value;
+  }
+  bool Str(const char* name, std::string* out) {
+    PyObject* value = Get(name);
+    if (value == nullptr) return false;
+    const char* utf8 = PyUnicode_Check(value) ? PyUnicode_AsUTF8(value) : nullptr;
+    if (utf8 == nullptr) {
+      PyErr_Clear();
+      PyErr_Format(PyExc_TypeError, "%s.%s must be a str", what_, name);
+    } else {
+      *out = utf8;
+    }
+    Py_DECREF(value);
+    return utf8 != nullptr;
+  }
+  bool Int(const char* name, long* out) {
+    PyObject* value = Get(name);
+    if (value == nullptr) return false;
+    const bool is_int = PyLong_Check(value);
+    *out = is_int ? PyLong_AsLong(value) : -1;
+    Py_DECREF(value);
+    if (*out == -1 && (PyErr_Occurred() || !is_int)) {
+      PyErr_Clear();
+      PyErr_Format(PyExc_TypeError, "%s.%s must be an int", what_, name);
       return false;
     }
+    return true;
+  }
+  bool Bool(const char* name, bool* out) {
+    PyObject* value = Get(name);
+    if (value == nullptr) return false;
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    if (truth < 0) return false;
+    *out = truth != 0;
+    return true;
+  }
+
+ private:
+  PyObject* obj_;
+  const char* what_;
+};
+
+// Calls `each(item)` for every element of the sequence field `name` of `obj`.
+template <typename Each>
+bool ForEach(Fields& fields, const char* name, Each each) {
+  PyObject* value = fields.Get(name);
+  if (value == nullptr) return false;
+  PyObject* seq = PySequence_Fast(value, "a field that must be a sequence is not one");
+  Py_DECREF(value);
+  if (seq == nullptr) return false;
+  bool ok = true;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  for (Py_ssize_t i = 0; ok && i < n; ++i) ok = each(PySequence_Fast_GET_ITEM(seq, i), i, n);
+  Py_DECREF(seq);
+  return ok;
+}
+
+// Parses a HostPort.
+bool ParseIO(PyObject* item, IODef* out) {
+  Fields fields(item, "HostPort");
+  if (!fields.Str("name", &out->name) || !fields.Bool("optional", &out->optional) ||
+      !fields.Bool("variadic", &out->variadic)) {
+    return false;
+  }
+  return ForEach(fields, "types", [&](PyObject* type_obj, Py_ssize_t, Py_ssize_t) {
+    long type = PyLong_AsLong(type_obj);
+    if (type == -1 && PyErr_Occurred()) return false;
     if (!Supported(static_cast<int>(type))) {
-      Py_DECREF(seq);
-      PyErr_Format(PyExc_ValueError, "element type %ld of '%s' is not supported", type, name);
+      PyErr_Format(PyExc_ValueError, "element type %ld of '%s' is not supported", type,
+                   out->name.c_str());
       return false;
     }
     out->types.push_back(static_cast<ONNXTensorElementDataType>(type));
-  }
-  Py_DECREF(seq);
-  return true;
+    return true;
+  });
 }
 
-bool ParseIOList(PyObject* list, std::vector<IODef>* out, const char* what) {
-  PyObject* seq = PySequence_Fast(list, "inputs/outputs must be sequences");
-  if (seq == nullptr) return false;
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-  for (Py_ssize_t i = 0; i < n; ++i) {
+bool ParseIOList(Fields& fields, const char* field, std::vector<IODef>* out, const char* what) {
+  return ForEach(fields, field, [&](PyObject* item, Py_ssize_t i, Py_ssize_t n) {
     IODef io;
-    if (!ParseIO(PySequence_Fast_GET_ITEM(seq, i), &io)) {
-      Py_DECREF(seq);
-      return false;
-    }
+    if (!ParseIO(item, &io)) return false;
     if (io.variadic && i != n - 1) {
-      Py_DECREF(seq);
       PyErr_Format(PyExc_ValueError, "only the last %s may be variadic ('%s' is not last)", what,
                    io.name.c_str());
       return false;
     }
     out->push_back(std::move(io));
-  }
-  Py_DECREF(seq);
-  return true;
+    return true;
+  });
 }
 
-// Parses (domain, op_type, version, inputs, outputs, attrs, compute, signature),
-// attrs being [(name, kind, default, required), ...].
+// Parses a HostOpDef.
 std::shared_ptr<OpDef> ParseOpDef(PyObject* item) {
-  const char *domain = nullptr, *op_type = nullptr, *signature = nullptr;
-  int version = 0;
-  PyObject *inputs = nullptr, *outputs = nullptr, *attrs = nullptr, *compute = nullptr;
-  if (!PyArg_ParseTuple(item, "ssiOOOOs", &domain, &op_type, &version, &inputs, &outputs, &attrs,
-                        &compute, &signature)) {
+  auto def = std::make_shared<OpDef>();
+  Fields fields(item, "HostOpDef");
+  long version = 0;
+  if (!fields.Str("domain", &def->domain) || !fields.Str("op_type", &def->op_type) ||
+      !fields.Int("version", &version) || !fields.Str("signature", &def->signature) ||
+      !fields.Bool("writes_out", &def->writes_out)) {
     return nullptr;
   }
-  if (!PyCallable_Check(compute)) {
+  const char* domain = def->domain.c_str();
+  const char* op_type = def->op_type.c_str();
+  def->compute = fields.Get("compute");
+  if (def->compute == nullptr) return nullptr;
+  if (!PyCallable_Check(def->compute)) {
     PyErr_Format(PyExc_TypeError, "compute of %s::%s is not callable", domain, op_type);
     return nullptr;
   }
@@ -139,59 +198,54 @@ std::shared_ptr<OpDef> ParseOpDef(PyObject* item) {
     PyErr_Format(PyExc_ValueError, "version of %s::%s must be >= 1", domain, op_type);
     return nullptr;
   }
-  auto def = std::make_shared<OpDef>();
-  def->domain = domain;
-  def->op_type = op_type;
-  def->version = version;
-  def->signature = signature;
-  Py_INCREF(compute);
-  def->compute = compute;
-  if (!ParseIOList(inputs, &def->inputs, "input") ||
-      !ParseIOList(outputs, &def->outputs, "output")) {
+  def->version = static_cast<int>(version);
+  if (!ParseIOList(fields, "inputs", &def->inputs, "input") ||
+      !ParseIOList(fields, "outputs", &def->outputs, "output")) {
     return nullptr;
   }
   if (def->outputs.empty()) {
     PyErr_Format(PyExc_ValueError, "%s::%s declares no outputs", domain, op_type);
     return nullptr;
   }
-
-  PyObject* seq = PySequence_Fast(attrs, "attributes must be a sequence");
-  if (seq == nullptr) return nullptr;
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-  def->kwnames = PyTuple_New(n);
-  if (def->kwnames == nullptr) {
-    Py_DECREF(seq);
-    return nullptr;
-  }
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    const char* name = nullptr;
-    int kind = 0, required = 0;
-    PyObject* default_value = nullptr;
-    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "siOp", &name, &kind, &default_value,
-                          &required)) {
-      Py_DECREF(seq);
-      return nullptr;
-    }
-    if (kind < static_cast<int>(AttrKind::kInt) || kind > static_cast<int>(AttrKind::kTensor)) {
-      Py_DECREF(seq);
-      PyErr_Format(PyExc_ValueError, "attribute '%s' has unknown kind %d", name, kind);
-      return nullptr;
-    }
+  std::vector<PyObject*> names;
+  bool ok = ForEach(fields, "attributes", [&](PyObject* entry, Py_ssize_t, Py_ssize_t) {
+    Fields attr_fields(entry, "HostAttr");
     AttrDef attr;
-    attr.name = name;
-    attr.kind = static_cast<AttrKind>(kind);
-    attr.required = required != 0;
-    Py_INCREF(default_value);
-    attr.default_value = default_value;
-    def->attrs.push_back(attr);
-    PyObject* key = PyUnicode_FromString(name);
-    if (key == nullptr) {
-      Py_DECREF(seq);
-      return nullptr;
+    long kind = 0;
+    if (!attr_fields.Str("name", &attr.name) || !attr_fields.Int("kind", &kind) ||
+        !attr_fields.Bool("required", &attr.required)) {
+      return false;
     }
-    PyTuple_SET_ITEM(def->kwnames, i, key);
+    if (kind < static_cast<long>(AttrKind::kInt) || kind > static_cast<long>(AttrKind::kTensor)) {
+      PyErr_Format(PyExc_ValueError, "attribute '%s' has unknown kind %ld", attr.name.c_str(),
+                   kind);
+      return false;
+    }
+    attr.kind = static_cast<AttrKind>(kind);
+    attr.default_value = attr_fields.Get("default");
+    if (attr.default_value == nullptr) return false;
+    def->attrs.push_back(attr);  // owns default_value from here on
+    PyObject* key = PyUnicode_FromString(attr.name.c_str());
+    if (key == nullptr) return false;
+    names.push_back(key);
+    return true;
+  });
+  // Keyword names of a call: the attributes, then `out` for kernels that take it.
+  const size_t n_names = names.size() + (def->writes_out ? 1 : 0);
+  def->kwnames = ok ? PyTuple_New(static_cast<Py_ssize_t>(n_names)) : nullptr;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (def->kwnames != nullptr) {
+      PyTuple_SET_ITEM(def->kwnames, static_cast<Py_ssize_t>(i), names[i]);
+    } else {
+      Py_DECREF(names[i]);
+    }
   }
-  Py_DECREF(seq);
+  if (def->kwnames == nullptr) return nullptr;
+  if (def->writes_out) {
+    PyObject* out = PyUnicode_FromString("out");
+    if (out == nullptr) return nullptr;
+    PyTuple_SET_ITEM(def->kwnames, static_cast<Py_ssize_t>(names.size()), out);
+  }
   def->layout = LayoutOf(*def);
   return def;
 }
@@ -359,7 +413,7 @@ const char* TypeName(ONNXTensorElementDataType type) {
 
 PyMODINIT_FUNC PyInit__host_ext(void) {
   import_array();  // returns NULL with an ImportError set on failure
-  if (!opbridge_host::InitDescrTable()) return nullptr;
+  if (!opbridge_host::InitDescrTable() || !opbridge_host::InstallArrayHooks()) return nullptr;
   PyObject* module = PyModule_Create(&opbridge_host::kModule);
   if (module == nullptr) return nullptr;
   PyObject* bfloat16 =
