@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -14,8 +13,20 @@ import torch
 
 from opbridge._errors import ExportError, OpbridgeError
 from opbridge._registry import REGISTRY
-from opbridge.declaration._signature import overload_name
+from opbridge.declaration._adopt import (
+    FALLBACK_DOMAIN,
+    FALLBACK_METADATA_KEY,
+    fallback_metadata,
+    find_existing,
+)
 from opbridge.exporters._dynamo import export_dynamo
+from opbridge.exporters._fallback import (
+    Unwritable,
+    failing_ops,
+    fallback_ops,
+    static_unwritable,
+    unwritable_message,
+)
 from opbridge.exporters._settings import ExportSettings
 from opbridge.exporters._torchscript import export_torchscript
 from opbridge.lowering._expand import PlaceholderTable, expand
@@ -23,37 +34,20 @@ from opbridge.lowering._expand import PlaceholderTable, expand
 __all__ = ["export"]
 
 Exporter = Literal["dynamo", "torchscript"]
-_BUILTIN_NAMESPACES = {"aten", "prims", "quantized_decomposed", "higher_order", "_operator"}
-
-
-@functools.lru_cache(maxsize=1)
-def _torchlib_registry() -> Any:
-    from torch.onnx._internal.exporter._registration import ONNXRegistry
-
-    return ONNXRegistry.from_torchlib()
+Fallback = Literal["torch"]
+_MAX_ROUNDS = 64  # exports while finding unwritable ops one by one (TorchScript)
 
 
 def _how_to_fix(name: str) -> str:
+    packet = name.split(".")[0]
+    overloads = find_existing(name) or find_existing(packet)
+    if overloads:
+        found = Unwritable(name, overloads)
+        return f"No ONNX lowering for torch op '{name}': {found.fix()}."
     return (
-        f"No ONNX lowering for torch op '{name}'. Declare it with "
-        f"@opbridge.custom_op('{name.split('.')[0]}', domain='mydomain') to export it as a "
-        f"custom node, or register one with opbridge.register_lowering('{name}', fn)."
+        f"No ONNX lowering for torch op '{name}': register one with "
+        f"opbridge.register_lowering('{name}', fn)."
     )
-
-
-def _check_ops(program: torch.export.ExportedProgram, table: PlaceholderTable) -> None:
-    """Names the first op neither opbridge nor torch's exporter can write."""
-    registry = _torchlib_registry()
-    for node in program.graph.nodes:
-        target = node.target
-        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
-            continue
-        if target.namespace in _BUILTIN_NAMESPACES:
-            continue
-        name = overload_name(target)
-        if name in table.by_overload or registry.is_registered(target):
-            continue
-        raise ExportError(_how_to_fix(name))
 
 
 def _unwrap(error: BaseException) -> OpbridgeError | None:
@@ -77,6 +71,7 @@ def export(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     contrib_ops: bool = False,
+    fallback: Fallback | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> onnx.ModelProto:
     """Exports ``model`` to ONNX, writing every declared op and lowering.
@@ -95,20 +90,25 @@ def export(
         output_names: Names of the graph outputs.
         contrib_ops: Also use the shipped ``com.microsoft`` lowerings that replace a
             standard ONNX form (``Gelu``, ``Trilu``, ``GridSample``).
+        fallback: ``"torch"`` writes every op that no lowering and no exporter can
+            write as an ``opbridge.torch`` node run by the op's own torch kernel (the
+            model records which, in ``metadata_props``); ``None`` makes such ops an
+            error listing each one with its fix.
         kwargs: Keyword inputs of ``model``.
 
     Returns:
         The ONNX model, checked to carry no placeholder and a schema for each custom op.
 
     Raises:
-        ExportError: An op has no lowering (the message names it and how to add one),
-            a custom opset is too low, or torch's exporter failed.
+        ExportError: Ops have no lowering (the message names every one and how to
+            fix it), a custom opset is too low, or torch's exporter failed.
     """
     if exporter not in ("dynamo", "torchscript"):
         raise ExportError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
     if not isinstance(args, tuple):
         args = (args,) if not isinstance(args, list) else tuple(args)
-    table = PlaceholderTable(REGISTRY, contrib_ops=contrib_ops)
+    if fallback not in (None, "torch"):
+        raise ExportError(f"fallback must be None or 'torch', got {fallback!r}")
     settings = ExportSettings(
         args=args,
         kwargs=kwargs,
@@ -117,39 +117,96 @@ def export(
         input_names=list(input_names) if input_names else None,
         output_names=list(output_names) if output_names else None,
     )
-    try:
-        if exporter == "dynamo":
-            if isinstance(model, torch.export.ExportedProgram):
-                program = model
+    if exporter == "torchscript" and isinstance(model, torch.export.ExportedProgram):
+        raise ExportError("exporter='torchscript' needs an nn.Module, not an ExportedProgram")
+    program: torch.export.ExportedProgram | None = None
+    found: dict[str, Unwritable] = {}  # ops nothing writes, found so far
+    for _ in range(_MAX_ROUNDS):
+        table = PlaceholderTable(
+            REGISTRY, contrib_ops=contrib_ops, fallback=fallback_ops(found.values())
+        )
+        try:
+            if exporter == "dynamo":
+                if program is None:
+                    program = (
+                        model
+                        if isinstance(model, torch.export.ExportedProgram)
+                        else torch.export.export(
+                            model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes
+                        )
+                    )
+                new = [u for u in static_unwritable(program, table) if u.name not in found]
+                if new:
+                    found.update((u.name, u) for u in new)
+                    if all(u.overloads for u in new):
+                        continue  # write them as placeholders and look further
+                    raise ExportError(
+                        unwritable_message(list(found.values()), exporter, complete=False)
+                    )
+                # The program already carries the dynamic shapes.
+                proto = export_dynamo(
+                    program, table, dataclasses.replace(settings, dynamic_shapes=None)
+                )
             else:
-                program = torch.export.export(
-                    model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes
-                )
-            _check_ops(program, table)
-            # The program already carries the dynamic shapes.
-            proto = export_dynamo(
-                program, table, dataclasses.replace(settings, dynamic_shapes=None)
-            )
-        else:
-            if isinstance(model, torch.export.ExportedProgram):
-                raise ExportError(
-                    "exporter='torchscript' needs an nn.Module, not an ExportedProgram"
-                )
-            proto = export_torchscript(model, table, settings)
-    except OpbridgeError:
-        raise
-    except Exception as e:
-        inner = _unwrap(e)
-        if inner is not None:
-            raise inner from e
-        raise ExportError(_describe_failure(e, exporter)) from e
+                proto = export_torchscript(model, table, settings)
+        except OpbridgeError:
+            raise
+        except Exception as e:
+            inner = _unwrap(e)
+            if inner is not None:
+                raise inner from e
+            failing = failing_ops(e, exporter)
+            if failing is None or failing.name in found:
+                if found:
+                    raise ExportError(
+                        unwritable_message(list(found.values()), exporter, complete=False)
+                        + f"\nThen torch's exporter failed: {_describe_failure(e, exporter)}"
+                    ) from e
+                raise ExportError(_describe_failure(e, exporter)) from e
+            found[failing.name] = failing
+            if failing.overloads:
+                continue
+            raise ExportError(
+                unwritable_message(list(found.values()), exporter, complete=False)
+            ) from e
+        break
+    else:
+        raise ExportError(unwritable_message(list(found.values()), exporter, complete=False))
+    if found and fallback is None:
+        raise ExportError(unwritable_message(list(found.values()), exporter, complete=True))
     proto = expand(proto, table, custom_opsets=custom_opsets)
+    _record_fallback(proto)
     if f is not None:
         if hasattr(f, "write"):
             f.write(proto.SerializeToString())  # type: ignore[union-attr]
         else:
             onnx.save(proto, os.fspath(f))
     return proto
+
+
+def _record_fallback(proto: onnx.ModelProto) -> None:
+    """Writes which torch ops fell back into the model, for sessions in other processes."""
+    from opbridge._registry import REGISTRY as registry
+    from opbridge.runtime._plan import custom_nodes
+
+    used = {
+        key.split("::", 1)[1]
+        for key in custom_nodes(proto)
+        if key.startswith(FALLBACK_DOMAIN + "::")
+    }
+    names = {}
+    for op_type in used:
+        op = registry.fallback_op(op_type)
+        if op is not None:
+            names[op_type] = op.layout.name
+    if names:
+        onnx.helper.set_model_props(
+            proto,
+            {
+                **{p.key: p.value for p in proto.metadata_props},
+                FALLBACK_METADATA_KEY: fallback_metadata(names),
+            },
+        )
 
 
 def _describe_failure(error: Exception, exporter: str) -> str:

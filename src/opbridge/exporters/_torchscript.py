@@ -148,10 +148,13 @@ def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
 
     packets = sorted({name.rsplit(".", 1)[0] for name in table.by_overload})
     builtin: dict[str, Any] = {}
+    created: list[str] = []  # groups this export adds: removed after, not left empty
     for packet in packets:
         group = registration.registry.get_function_group(packet)
         if group is not None:
             builtin[packet] = group.get(opset_version)
+        else:
+            created.append(packet)
     try:
         for packet in packets:
             torch.onnx.register_custom_op_symbolic(
@@ -161,6 +164,28 @@ def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
     finally:
         for packet in packets:
             torch.onnx.unregister_custom_op_symbolic(packet, opset_version)
+        # An empty group makes the legacy exporter fail on that op later
+        # ("min() arg is an empty sequence") instead of reporting it unsupported.
+        for packet in created:
+            registration.registry._registry.pop(packet, None)
+
+
+@contextlib.contextmanager
+def _quiet_onnx_log() -> Iterator[None]:
+    """Keeps torch's C++ ONNX log off during the export.
+
+    torch 2.13's ``setup_onnx_logging`` tests the function ``_jit_is_onnx_log_enabled``
+    instead of calling it, so it always turns the log on, and a failed export prints
+    the whole TorchScript graph to stdout from C++ (no Python redirect catches it).
+    """
+    from torch.onnx._internal.torchscript_exporter import utils
+
+    original = utils.setup_onnx_logging
+    utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        utils.setup_onnx_logging = original
 
 
 def export_torchscript(
@@ -173,6 +198,7 @@ def export_torchscript(
     # The legacy exporter prints its whole graph on failure; the error says enough.
     with (
         _symbolics(table, opset),
+        _quiet_onnx_log(),
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
     ):
