@@ -198,14 +198,24 @@ class Registry:
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[Registry]:
-        """Restores the registry's lowerings on exit (declared torch ops stay declared)."""
+        """Restores the registry's lowerings and adopted ops on exit.
+
+        Ops declared with a function stay declared: their torch op exists for good.
+        """
         with self._lock:
             saved = (dict(self._user), dict(self._shipped))
+            ops = dict(self._ops)
         try:
             yield self
         finally:
             with self._lock:
                 self._user, self._shipped = saved
+                for key, op in list(self._ops.items()):
+                    if op.adopted and ops.get(key) is not op:
+                        if key in ops:
+                            self._ops[key] = ops[key]
+                        else:
+                            del self._ops[key]
 
     def targets(self, *, contrib_ops: bool) -> list[str]:
         """Every target name that has a lowering or a declared op, for the exporters."""

@@ -216,7 +216,8 @@ def adopt_advice(existing: Any, domain: str = "mydomain") -> str:
         except DeclarationError:
             overload = getattr(existing, existing.overloads()[0])
             return adopt_advice(overload, domain)
-        return f"opbridge.custom_op(torch.ops.{overload.namespace}.{overload._opname}, domain='{domain}')"
+        ns, name = overload.namespace, overload._opname
+        return f"opbridge.custom_op(torch.ops.{ns}.{name}, domain='{domain}')"
     return f"opbridge.custom_op(<the op>, domain='{domain}')"
 
 

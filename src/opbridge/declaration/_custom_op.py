@@ -434,7 +434,7 @@ def custom_op(
         return adopt(name, domain=domain, op_type=op_type, version=version)
     match = _NAME_RE.match(name)
     if match is None:
-        if fn is None and find_existing(name):  # "ns::name.overload" of an existing op
+        if fn is None and re.match(rf"^{_IDENT}::{_IDENT}\.{_IDENT}$", name):  # an overload
             return adopt(name, domain=domain, op_type=op_type, version=version)
         raise DeclarationError(
             f"Custom op name {name!r} is not of the form 'namespace::name' with identifiers, "

@@ -52,6 +52,7 @@ _IGNORED = {
 }
 _TS_FAILURE = (
     re.compile(r"Exporting the operator '(\w+::\w+)'"),
+    re.compile(r"unrecognized namespace (\w+::\w+)"),
     re.compile(r"node has kind '(\w+::\w+)'"),
     re.compile(r"export of operator (\w+)"),
 )

@@ -113,6 +113,18 @@ def _io_types(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> tuple[tupl
     )  # type: ignore[return-value]
 
 
+def _make_fallback_ops(model: onnx.ModelProto) -> None:
+    """Adopts the torch ops of a model's ``opbridge.torch`` nodes (``fallback="torch"``)."""
+    from opbridge.declaration._adopt import FALLBACK_DOMAIN, fallback_ops_of_model
+
+    op_types = sorted({n.op_type for n in _all_nodes(model) if n.domain == FALLBACK_DOMAIN})
+    if not op_types:
+        return
+    missing = fallback_ops_of_model(op_types, {p.key: p.value for p in model.metadata_props})
+    if missing:
+        raise SessionError("No kernel for " + "; ".join(missing) + ".")
+
+
 def plan_kernels(
     model: onnx.ModelProto | None,
     *,
@@ -134,6 +146,7 @@ def plan_kernels(
         needed: dict[str, list[onnx.NodeProto]] = {op.onnx_name: [] for op in REGISTRY.ops()}
         inferred = None
     else:
+        _make_fallback_ops(model)  # before inference: their schemas infer their outputs
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
         except Exception:
