@@ -201,7 +201,7 @@ def test_export_error_advice_runs(ns: str) -> None:
 
 def test_adopting_a_missing_name_names_it(ns: str) -> None:
     with pytest.raises(DeclarationError, match=f"no op '{ns}::nothing'"):
-        opbridge.custom_op(f"{ns}::nothing", domain="d").register_kernel
+        opbridge.custom_op(f"{ns}::nothing", domain="d").register_kernel(lambda x: x)
     with pytest.raises(DeclarationError, match=f"no op '{ns}::nothing.other'"):
         opbridge.custom_op(f"{ns}::nothing.other", domain="d")
     with pytest.raises(DeclarationError, match="several overloads"):
