@@ -156,6 +156,13 @@ def export(
             if inner is not None:
                 raise inner from e
             failing = failing_ops(e, exporter)
+            if found and "ScalarType Complex" in str(e):
+                raise ExportError(
+                    unwritable_message(list(found.values()), exporter, complete=True)
+                    + "\nSome of them pass complex tensors between nodes, which the "
+                    "TorchScript exporter cannot write (and ONNX Runtime's custom kernels cannot "
+                    "carry); exporter='dynamo' writes FFTs with standard ONNX ops."
+                ) from e
             if failing is None or failing.name in found:
                 if found:
                     raise ExportError(
