@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+from typing import Any
 
 __all__ = ["register"]
 
@@ -51,11 +52,11 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if plan.missing else 0
 
 
-def _print_fallback(model: object, nodes: dict[str, list[object]]) -> None:
+def _print_fallback(model: Any, nodes: dict[str, list[Any]]) -> None:
     """Lists the torch ops written with ``fallback="torch"``, with their node counts."""
     from opbridge.declaration._adopt import FALLBACK_DOMAIN, recorded_fallbacks
 
-    metadata = {p.key: p.value for p in model.metadata_props}  # type: ignore[attr-defined]
+    metadata = {p.key: p.value for p in model.metadata_props}
     recorded = recorded_fallbacks(metadata)
     counts = {
         key.split("::", 1)[1]: len(found)

@@ -330,7 +330,7 @@ def fallback_ops_of_model(op_types: list[str], metadata: Mapping[str, str]) -> l
         overload = _overload_for_type(op_type, recorded)
         if overload is None:
             missing.append(
-                f"{FALLBACK_DOMAIN}::{op_type} runs torch op "
+                f"{FALLBACK_DOMAIN}::{op_type}: it runs torch op "
                 f"{recorded.get(op_type, '(unrecorded)')}, which this process does not have: "
                 f"import the module or load the library that registers it before creating "
                 f"the session"

@@ -112,7 +112,7 @@ def _graph_modules(program: torch.export.ExportedProgram) -> Iterable[torch.fx.G
 
 
 def _op_of(node: torch.fx.Node) -> torch._ops.OpOverload | None:
-    target = node.target
+    target: Any = node.target
     if target is torch.ops.higher_order.with_effects and len(node.args) > 1:
         target = node.args[1]  # an effectful op (e.g. aten::_linalg_check_errors)
     return target if isinstance(target, torch._ops.OpOverload) else None
@@ -181,7 +181,7 @@ def static_unwritable(
 
 def failing_ops(error: BaseException, exporter: str) -> Unwritable | None:
     """The op an exporter's failure names, if it is a torch op (else ``None``)."""
-    texts = []
+    texts: list[str] = []
     seen: BaseException | None = error
     while seen is not None and len(texts) < 8:
         texts.append(str(seen))

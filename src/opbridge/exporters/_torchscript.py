@@ -181,7 +181,7 @@ def _quiet_onnx_log() -> Iterator[None]:
     from torch.onnx._internal.torchscript_exporter import utils
 
     original = utils.setup_onnx_logging
-    utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()  # type: ignore[assignment]
+    utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()  # type: ignore[assignment,return-value]
     try:
         yield
     finally:
