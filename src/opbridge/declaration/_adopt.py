@@ -221,10 +221,6 @@ def adopt_advice(existing: Any, domain: str = "mydomain") -> str:
     return f"opbridge.custom_op(<the op>, domain='{domain}')"
 
 
-def _camel_case(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
-
-
 def adopt(
     existing: Any,
     *,
@@ -234,7 +230,7 @@ def adopt(
     _register: bool = True,
 ) -> Any:
     """Adopts an existing torch op as an opbridge op (see :func:`opbridge.custom_op`)."""
-    from opbridge.declaration._custom_op import CustomOpDef, check_node_identity
+    from opbridge.declaration._custom_op import CustomOpDef, _camel_case, check_node_identity
 
     if isinstance(existing, CustomOpDef):
         raise DeclarationError(
