@@ -302,19 +302,24 @@ def _numpy_compute(layout: OpLayout, fn: Callable[..., Any]) -> Callable[..., An
     return compute
 
 
+# ORT's input buffers reach torch as read-only views, and torch.from_numpy warns on each
+# one. The torch implementation must not write them anyway; the warning is ignored once
+# for the process (a per-call warnings.catch_warnings cost 5x the call of a small op).
+warnings.filterwarnings(
+    "ignore", message="The given NumPy array is not writable", category=UserWarning
+)
+
+
 def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
     def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
         named = _split_inputs(layout, inputs)
-        with warnings.catch_warnings():
-            # ORT's buffers are read-only views; the torch impl must not write them.
-            warnings.simplefilter("ignore", UserWarning)
-            tensors = {
-                k: ([as_torch(x) for x in v] if isinstance(v, list) else
-                    (None if v is None else as_torch(v)))
-                for k, v in named.items()
-            }  # fmt: skip
-        with torch.no_grad():
-            out = overload(**tensors, **attrs)
+        tensors = {
+            k: ([as_torch(x) for x in v] if isinstance(v, list) else
+                (None if v is None else as_torch(v)))
+            for k, v in named.items()
+        }  # fmt: skip
+        # No torch.no_grad(): inputs made from numpy never require grad.
+        out = overload(**tensors, **attrs)
         if isinstance(out, (tuple, list)):
             return tuple(as_numpy(o) for o in out)
         return as_numpy(out)
