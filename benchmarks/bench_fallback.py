@@ -61,7 +61,9 @@ def _time(fn: Callable[[], object], seconds: float = 0.05) -> float:
             return elapsed / n
 
 
-def _pair(a: Callable[[], object], b: Callable[[], object], rounds: int) -> tuple[float, float, float]:
+def _pair(
+    a: Callable[[], object], b: Callable[[], object], rounds: int
+) -> tuple[float, float, float]:
     ta, tb, ratios = [], [], []
     for _ in range(rounds):
         x, y = _time(a), _time(b)
@@ -71,7 +73,9 @@ def _pair(a: Callable[[], object], b: Callable[[], object], rounds: int) -> tupl
     return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
 
 
-def _session(model: torch.nn.Module, x: torch.Tensor, pinned: bool, **export: object) -> opbridge.Session:
+def _session(
+    model: torch.nn.Module, x: torch.Tensor, pinned: bool, **export: object
+) -> opbridge.Session:
     proto = opbridge.export(model, (x,), **export)  # type: ignore[arg-type]
     options = ort.SessionOptions()
     if pinned:

@@ -169,3 +169,13 @@ def test_cli_export_fallback_and_inspect(
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "torch fallback: 2 nodes" in text and "aten::erfinv.default x2" in text
+
+
+def test_fallback_inside_control_flow_is_a_clear_error() -> None:
+    class Branchy(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.cond(x.sum() > 0, lambda x: torch.erfinv(x * 0.5), lambda x: x - 1, (x,))
+
+    # The pipeline writes lowered and fallback nodes in the main graph only.
+    with pytest.raises(opbridge.ExportError, match="inside a control-flow body"):
+        opbridge.export(Branchy(), (torch.randn(3),), fallback="torch")
