@@ -103,7 +103,7 @@ def main() -> None:
         x = torch.rand(64) * 1.8 - 0.9
         fallback = _session(Chain(torch.erfinv), x, pinned, fallback="torch")
         native = _session(Chain(torch.tanh), x, pinned)
-        a, b, r = _pair(lambda: fallback(x), lambda: native(x), args.rounds)
+        a, b, r = _pair(lambda: fallback(x), lambda: native(x), args.rounds)  # noqa: B023
         label = "chain of 20 (64) vs native Tanh"
         print(f"{label:<34}{threads:<9}{a * 1e6:>10.1f}us{b * 1e6:>10.1f}us{r:>7.2f}x")
         print(f"{'  -> per fallback node':<34}{threads:<9}{(a - b) / 20 * 1e6:>10.1f}us")
