@@ -179,3 +179,13 @@ def test_fallback_inside_control_flow_is_a_clear_error() -> None:
     # The pipeline writes lowered and fallback nodes in the main graph only.
     with pytest.raises(opbridge.ExportError, match="inside a control-flow body"):
         opbridge.export(Branchy(), (torch.randn(3),), fallback="torch")
+
+
+def test_adopt_existing_example_runs() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "adopt_existing.py"
+    proc = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 ops of this model cannot be written" in proc.stdout
+    assert proc.stdout.count("PASSED") == 2, proc.stdout
