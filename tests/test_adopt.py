@@ -253,3 +253,28 @@ def test_register_lowering_refuses_python_ops() -> None:
         opbridge.register_lowering(Twice, lambda g, x: x)
     with pytest.raises(LoweringError, match="prim::PythonOp stands for a Python"):
         opbridge.register_lowering("prim::PythonOp", lambda g, x: x)
+
+
+def test_a_lowering_writes_an_adopted_op_and_the_session_runs_it(ns: str) -> None:
+    # The five-attempt case: another op's lowering writes the existing op's node.
+    _library_custom_op(ns)
+    swish = opbridge.custom_op(f"{ns}::swish", domain="mydomain")
+
+    @torch.library.custom_op(f"{ns}::double_swish", mutates_args=())
+    def double_swish(x: Tensor) -> Tensor:
+        return getattr(torch.ops, ns).swish(x, 1.0) * 2
+
+    double_swish.register_fake(lambda x: torch.empty_like(x))
+
+    @opbridge.register_lowering(double_swish)
+    def _(g: object, x: object) -> object:
+        return g.Mul(g.call(swish, x, beta=1.0), 2.0)  # type: ignore[attr-defined]
+
+    class Model(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return double_swish(x)
+
+    for exporter in EXPORTERS:
+        report = opbridge.verify(Model(), (torch.randn(6),), exporter=exporter)
+        assert report.passed, str(report)
+        assert "mydomain::Swish" in report.session

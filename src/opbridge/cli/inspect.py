@@ -46,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
             "python": f"Python kernel ({source.detail}) via {route}",
             "native": f"native library {source.detail}",
             "user-library": f"one of {source.detail}",
-            "missing": "NO KERNEL: declare it with opbridge.custom_op or pass --library",
+            "missing": "NO KERNEL: adopt or declare it with opbridge.custom_op (--import "
+            "a module that does) or pass --library",
         }
         print(f"  {key} x{len(found)}: {where[source.provider]}")
     return 1 if plan.missing else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -302,22 +303,34 @@ def _numpy_compute(layout: OpLayout, fn: Callable[..., Any]) -> Callable[..., An
     return compute
 
 
-# ORT's input buffers reach torch as read-only views, and torch.from_numpy warns on each
-# one. The torch implementation must not write them anyway; the warning is ignored once
-# for the process (a per-call warnings.catch_warnings cost 5x the call of a small op).
-warnings.filterwarnings(
-    "ignore", message="The given NumPy array is not writable", category=UserWarning
-)
+# ORT's input buffers reach torch as read-only views; the torch implementation must not
+# write them. torch.from_numpy warns about that once per process (TORCH_WARN_ONCE), so
+# only the first conversion needs warnings.catch_warnings, which costs more than a small
+# op's whole call.
+_read_only_warning_seen = threading.Event()
 
 
-def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
-    def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
-        named = _split_inputs(layout, inputs)
-        tensors = {
+def _as_torch_inputs(named: dict[str, Any]) -> dict[str, Any]:
+    def convert() -> dict[str, Any]:
+        return {
             k: ([as_torch(x) for x in v] if isinstance(v, list) else
                 (None if v is None else as_torch(v)))
             for k, v in named.items()
         }  # fmt: skip
+
+    if _read_only_warning_seen.is_set():
+        return convert()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = convert()
+    if any(isinstance(v, np.ndarray) and not v.flags.writeable for v in named.values()):
+        _read_only_warning_seen.set()
+    return tensors
+
+
+def _torch_compute(layout: OpLayout, overload: Any) -> Callable[..., Any]:
+    def compute(*inputs: np.ndarray | None, **attrs: Any) -> Any:
+        tensors = _as_torch_inputs(_split_inputs(layout, inputs))
         # No torch.no_grad(): inputs made from numpy never require grad.
         out = overload(**tensors, **attrs)
         if isinstance(out, (tuple, list)):

@@ -191,8 +191,10 @@ def missing_kernel_message(plan: KernelPlan) -> str:
     first = ops[0]
     domain, op_type = first.split("::", 1)
     return (
-        f"No kernel for custom op {', '.join(ops)} (domain '{domain}'). Declare it with "
-        f"@opbridge.custom_op('ns::name', domain='{domain}', op_type='{op_type}') in this "
-        f"process (its torch implementation becomes the kernel), or pass the C++ library that "
-        f"implements it: opbridge.Session(model, libraries=['libmyops.so'])."
+        f"No kernel for custom op {', '.join(ops)} (domain '{domain}'). In this process, adopt "
+        f"the torch op it stands for, opbridge.custom_op(torch.ops.ns.name, domain='{domain}', "
+        f"op_type='{op_type}') (import or load the op first), or declare it with "
+        f"@opbridge.custom_op('ns::name', domain='{domain}', op_type='{op_type}') on its "
+        f"implementation; either way the torch implementation becomes the kernel. Or pass the "
+        f"C++ library that implements it: opbridge.Session(model, libraries=['libmyops.so'])."
     )
