@@ -35,7 +35,8 @@ __version__ = "0.1.0"
 
 
 def registry_scope() -> AbstractContextManager[Registry]:
-    """Context manager undoing every lowering registered inside it (for tests and demos).
+    """Context manager undoing every lowering registered and op adopted inside it (for
+    tests and demos).
 
     Example::
 

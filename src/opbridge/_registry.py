@@ -71,6 +71,8 @@ def canonical_target(target: Any) -> str:
     qualified = getattr(target, "qualified_name", None)  # an opbridge CustomOpDef
     if isinstance(qualified, str):
         return qualified
+    if isinstance(target, torch._library.custom_ops.CustomOpDef):  # torch.library.custom_op
+        return target._qualname
     if isinstance(target, str):
         name = "aten" + target if target.startswith("::") else target
         match = _TARGET_RE.match(name)
@@ -82,7 +84,8 @@ def canonical_target(target: Any) -> str:
         return name
     raise LoweringError(
         f"Cannot register a lowering for {target!r}: pass a torch op "
-        f"(torch.ops.aten.add.Tensor, torch.ops.mynamespace.op) or its name ('aten::add.Tensor')."
+        f"(torch.ops.aten.add.Tensor, torch.ops.mynamespace.op, the object "
+        f"torch.library.custom_op returned, an opbridge op) or its name ('aten::add.Tensor')."
     )
 
 
@@ -116,16 +119,24 @@ class Registry:
         self._ops: dict[str, CustomOpDef] = {}
         self._user: dict[str, Lowering] = {}
         self._shipped: dict[str, Lowering] = {}
+        self._fallback: dict[str, CustomOpDef] = {}  # by op_type, domain opbridge.torch
 
     # -- declared ops -------------------------------------------------------------
     def add_op(self, op: CustomOpDef) -> None:
         with self._lock:
             self._ops[op.qualified_name] = op
 
-    def remove_op(self, qualified_name: str) -> None:
-        """Forgets a declared op (its torch op stays registered with torch); for tests."""
+    def remove_op(self, op: CustomOpDef | str) -> None:
+        """Forgets a declared op (its torch op stays registered with torch).
+
+        Given a name, whichever op has it; given an op, only if it is still the one
+        declared under its name.
+        """
         with self._lock:
-            self._ops.pop(qualified_name, None)
+            if isinstance(op, str):
+                self._ops.pop(op, None)
+            elif self._ops.get(op.qualified_name) is op:
+                del self._ops[op.qualified_name]
 
     def ops(self) -> list[CustomOpDef]:
         with self._lock:
@@ -138,7 +149,20 @@ class Registry:
     def ops_for_node(self, domain: str, op_type: str) -> list[CustomOpDef]:
         """Declared ops written as ``domain::op_type`` nodes."""
         with self._lock:
-            return [o for o in self._ops.values() if o.domain == domain and o.op_type == op_type]
+            found = [o for o in self._ops.values() if o.domain == domain and o.op_type == op_type]
+            fallback = self._fallback.get(op_type)
+            if not found and fallback is not None and fallback.domain == domain:
+                found.append(fallback)
+            return found
+
+    # -- torch fallback ops (written only by exports asking for fallback="torch") ----
+    def add_fallback_op(self, op: CustomOpDef) -> None:
+        with self._lock:
+            self._fallback[op.op_type] = op
+
+    def fallback_op(self, op_type: str) -> CustomOpDef | None:
+        with self._lock:
+            return self._fallback.get(op_type)
 
     # -- lowerings ----------------------------------------------------------------
     def add_lowering(self, lowering: Lowering) -> None:
@@ -170,19 +194,35 @@ class Registry:
                 shipped = self._shipped.get(key)
                 if shipped is not None and (contrib_ops or not shipped.contrib):
                     return shipped
-            declared = self._ops.get(packet)
-            return declared.lowering() if declared is not None else None
+            declared = self._ops.get(overload_name) or self._ops.get(packet)
+        if declared is None:
+            return None
+        # A declared op is one overload; an adopted packet name must not cover the others.
+        own = declared.overload
+        if f"{own.namespace}::{own._opname}.{own._overloadname}" != overload_name:
+            return None
+        return declared.lowering()
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[Registry]:
-        """Restores the registry's lowerings on exit (declared torch ops stay declared)."""
+        """Restores the registry's lowerings and adopted ops on exit.
+
+        Ops declared with a function stay declared: their torch op exists for good.
+        """
         with self._lock:
             saved = (dict(self._user), dict(self._shipped))
+            ops = dict(self._ops)
         try:
             yield self
         finally:
             with self._lock:
                 self._user, self._shipped = saved
+                for key, op in list(self._ops.items()):
+                    if op.adopted and ops.get(key) is not op:
+                        if key in ops:
+                            self._ops[key] = ops[key]
+                        else:
+                            del self._ops[key]
 
     def targets(self, *, contrib_ops: bool) -> list[str]:
         """Every target name that has a lowering or a declared op, for the exporters."""

@@ -57,7 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.traceback:
             traceback.print_exc()
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from opbridge._errors import OpbridgeError
+
+        text = str(e).strip()
+        # opbridge's own messages are written for the user (a list of ops and fixes may
+        # take several lines); other exceptions show their first line.
+        message = (text if isinstance(e, OpbridgeError) else text.splitlines()[0]) if text else ""
+        message = message or type(e).__name__
         print(f"opbridge {args.command}: error: {message}", file=sys.stderr)
         return 1
 

@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
     model, inputs = load_model(args)
     proto = opbridge.export(
         model, inputs, args.output, exporter=args.exporter, opset_version=args.opset,
-        contrib_ops=args.contrib_ops,
+        contrib_ops=args.contrib_ops, fallback=args.fallback,
     )  # fmt: skip
     custom = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain})
     print(
@@ -29,4 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export MODULE:FACTORY to an ONNX file")
     add_model_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--fallback",
+        choices=("torch",),
+        default=None,
+        help="write ops nothing else can write as opbridge.torch nodes run by their torch "
+        "kernel (needs Python and torch at run time)",
+    )
     parser.set_defaults(func=_run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
+from typing import Any
 
 __all__ = ["register"]
 
@@ -27,6 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     if model.functions:
         print("functions: " + ", ".join(f"{f.domain}::{f.name}" for f in model.functions))
     nodes = custom_nodes(model)
+    _print_fallback(model, nodes)
     if not nodes:
         print("custom nodes: none (ONNX Runtime runs this model as is)")
         return 0
@@ -44,10 +45,33 @@ def _run(args: argparse.Namespace) -> int:
             "python": f"Python kernel ({source.detail}) via {route}",
             "native": f"native library {source.detail}",
             "user-library": f"one of {source.detail}",
-            "missing": "NO KERNEL: declare it with opbridge.custom_op or pass --library",
+            "missing": "NO KERNEL: adopt or declare it with opbridge.custom_op (--import "
+            "a module that does) or pass --library",
         }
         print(f"  {key} x{len(found)}: {where[source.provider]}")
     return 1 if plan.missing else 0
+
+
+def _print_fallback(model: Any, nodes: dict[str, list[Any]]) -> None:
+    """Lists the torch ops written with ``fallback="torch"``, with their node counts."""
+    from opbridge.declaration._adopt import FALLBACK_DOMAIN, recorded_fallbacks
+
+    metadata = {p.key: p.value for p in model.metadata_props}
+    recorded = recorded_fallbacks(metadata)
+    counts = {
+        key.split("::", 1)[1]: len(found)
+        for key, found in nodes.items()
+        if key.startswith(FALLBACK_DOMAIN + "::")
+    }
+    if not counts:
+        return
+    total = sum(counts.values())
+    print(
+        f"torch fallback: {total} node{'s' if total != 1 else ''} run torch kernels "
+        f"({FALLBACK_DOMAIN}, needs Python and torch at run time):"
+    )
+    for op_type, count in sorted(counts.items()):
+        print(f"  {recorded.get(op_type, op_type + ' (unrecorded)')} x{count}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

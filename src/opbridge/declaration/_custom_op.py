@@ -48,8 +48,10 @@ class CustomOpDef:
         domain: str,
         op_type: str,
         version: int,
+        adopted: torch._ops.OpOverload | None = None,
     ) -> None:
         self._torch_def = torch_def
+        self._adopted = adopted
         self.namespace = namespace
         self.name = name
         self.domain = domain
@@ -67,15 +69,24 @@ class CustomOpDef:
             op_type=op_type,
             version=version,
             infer=fake_infer(self._layout, self.overload),
-            doc=f"Declared with opbridge from torch op {self.qualified_name}.",
+            doc=f"{'Adopted' if adopted is not None else 'Declared'} with opbridge from torch op "
+            f"{self.qualified_name}.",
         )
         register_schema(self._schema)
 
     # -- identity -----------------------------------------------------------------
     @property
     def qualified_name(self) -> str:
-        """``"namespace::name"``, the torch op name."""
+        """``"namespace::name"``, the torch op name (``".overload"`` added for an adopted
+        overload other than ``default``)."""
+        if self._adopted is not None and self._adopted._overloadname != "default":
+            return f"{self.namespace}::{self.name}.{self._adopted._overloadname}"
         return f"{self.namespace}::{self.name}"
+
+    @property
+    def adopted(self) -> bool:
+        """Whether this op was adopted from an existing torch op (not defined by opbridge)."""
+        return self._adopted is not None
 
     @property
     def onnx_name(self) -> str:
@@ -84,7 +95,9 @@ class CustomOpDef:
 
     @property
     def overload(self) -> torch._ops.OpOverload:
-        """The torch op overload, ``torch.ops.<namespace>.<name>.default``."""
+        """The torch op overload, ``torch.ops.<namespace>.<name>.default`` (or the adopted one)."""
+        if self._adopted is not None:
+            return self._adopted
         return getattr(getattr(torch.ops, self.namespace), self.name).default
 
     @property
@@ -98,7 +111,28 @@ class CustomOpDef:
         return self._schema
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if (
+            self._adopted is not None
+            and len(args) == 1
+            and not kwargs
+            and inspect.isfunction(args[0])
+        ):
+            self._refuse_decoration(args[0])
         return self._torch_def(*args, **kwargs)
+
+    def _refuse_decoration(self, func: Callable[..., Any]) -> None:
+        # @opbridge.custom_op("ns::existing", domain=...) on a function: the name exists,
+        # so custom_op adopted it; decorating would silently replace the torch op.
+        from opbridge.declaration._adopt import adopt_advice
+
+        REGISTRY.remove_op(self)
+        raise DeclarationError(
+            f"torch op {self.qualified_name} already exists, so opbridge will not redefine it "
+            f"with {func.__qualname__} (that would change it for every caller). It stays as it "
+            f"was. To export it and run it in ONNX Runtime with its own implementation, adopt "
+            f"it: {self.name} = {adopt_advice(self.overload, self.domain)}. To define a new "
+            f"op, give it a name torch does not have yet."
+        )
 
     def __repr__(self) -> str:
         return (
@@ -108,7 +142,13 @@ class CustomOpDef:
 
     # -- registrations ------------------------------------------------------------
     def register_fake(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Registers the shape function used by ``torch.export`` (as in torch.library)."""
+        """Registers the shape function used by ``torch.export`` (as in torch.library).
+
+        An adopted op keeps its own fake/meta implementation; torch refuses a second one.
+        """
+        if self._adopted is not None:
+            torch.library.register_fake(self.qualified_name, fn)
+            return fn
         self._torch_def.register_fake(fn)
         return fn
 
@@ -335,6 +375,15 @@ def custom_op(
 ) -> CustomOpDef: ...
 @typing.overload
 def custom_op(
+    name: torch._ops.OpOverload | torch._ops.OpOverloadPacket | torch.library.CustomOpDef,
+    fn: None = None,
+    *,
+    domain: str,
+    op_type: str | None = None,
+    version: int = 1,
+) -> CustomOpDef: ...
+@typing.overload
+def custom_op(
     name: str,
     fn: None = None,
     *,
@@ -342,9 +391,9 @@ def custom_op(
     op_type: str | None = None,
     version: int = 1,
     mutates_args: Iterable[str] | str = (),
-) -> Callable[[Callable[..., Any]], CustomOpDef]: ...
+) -> Any: ...
 def custom_op(
-    name: str,
+    name: Any,
     fn: Callable[..., Any] | None = None,
     *,
     domain: str,
@@ -352,7 +401,8 @@ def custom_op(
     version: int = 1,
     mutates_args: Iterable[str] | str = (),
 ) -> Any:
-    """Declares a custom op for torch, ONNX export and ONNX Runtime at once.
+    """Declares a custom op for torch, ONNX export and ONNX Runtime at once, or adopts
+    one that already exists.
 
     Use it like ``torch.library.custom_op`` on a function with type hints::
 
@@ -364,8 +414,20 @@ def custom_op(
     and ``torch.compile``; exported to ONNX it is one ``mydomain::ScaleAdd`` node
     whose inputs are the tensor parameters and whose attributes are the others.
 
+    Called with an op that already exists, it adopts it at once, never redefining it::
+
+        swish = opbridge.custom_op(torch.ops.mylib.swish, domain="mydomain")
+        cholesky = opbridge.custom_op(torch.ops.aten.linalg_cholesky, domain="mydomain")
+
+    ``name`` is then an ``OpOverloadPacket`` or ``OpOverload``, the object
+    ``torch.library.custom_op`` returned, or the name of an op already registered
+    (Python or C++). The node's inputs and attributes come from the op's torch
+    schema, its ONNX Runtime kernel is a call of the op itself (whatever implements
+    it: Python, a C++ extension, ATen) and ``torch.export`` uses the op's own fake
+    implementation.
+
     Args:
-        name: ``"namespace::name"`` of the torch op.
+        name: ``"namespace::name"`` of the torch op, or an existing op to adopt.
         fn: The implementation; omit it to use ``custom_op`` as a decorator.
         domain: ONNX domain of the node, e.g. ``"mydomain"`` or ``"com.microsoft"``.
         op_type: ONNX op type; defaults to the CamelCase of ``name``.
@@ -376,26 +438,38 @@ def custom_op(
         A :class:`CustomOpDef` (or a decorator producing one).
 
     Raises:
-        DeclarationError: Bad name, domain or version, or a parameter type ONNX
-            cannot carry.
+        DeclarationError: Bad name, domain or version, a parameter type ONNX cannot
+            carry, a function decorated with the name of an op that exists already,
+            or an op to adopt that torch does not have.
     """
-    match = _NAME_RE.match(name) if isinstance(name, str) else None
+    from opbridge.declaration._adopt import adopt, adopt_advice, find_existing
+
+    if not isinstance(name, str):
+        if fn is not None:
+            raise DeclarationError(
+                f"{name!r} is an existing torch op; opbridge adopts it as it is and does not "
+                f"take an implementation. Adopt it: {adopt_advice(name, domain)}."
+            )
+        return adopt(name, domain=domain, op_type=op_type, version=version)
+    match = _NAME_RE.match(name)
     if match is None:
+        if fn is None and re.match(rf"^{_IDENT}::{_IDENT}\.{_IDENT}$", name):  # an overload
+            return adopt(name, domain=domain, op_type=op_type, version=version)
         raise DeclarationError(
             f"Custom op name {name!r} is not of the form 'namespace::name' with identifiers, "
             f"e.g. 'mynamespace::custom_group_norm'."
         )
     namespace, op_name = match.groups()
-    if not isinstance(domain, str) or not _DOMAIN_RE.match(domain) or domain in _STANDARD_DOMAINS:
-        raise DeclarationError(
-            f"Custom op {name}: domain {domain!r} is not a custom ONNX domain; pick one of "
-            f"your own such as 'mydomain' or 'com.mycompany' (letters, digits, '.', '_', '-')."
-        )
-    if not isinstance(version, int) or version < 1:
-        raise DeclarationError(f"Custom op {name}: version must be an int >= 1, got {version!r}.")
     resolved_type = op_type or _camel_case(op_name)
-    if not re.match(rf"^{_IDENT}$", resolved_type):
-        raise DeclarationError(f"Custom op {name}: op_type {resolved_type!r} is not an identifier.")
+    check_node_identity(name, domain, resolved_type, version)
+    if find_existing(name):
+        if fn is None:  # adopt now; decorating a function with the result is refused
+            return adopt(name, domain=domain, op_type=op_type, version=version)
+        raise DeclarationError(
+            f"torch op {name} already exists, so opbridge will not redefine it with "
+            f"{getattr(fn, '__qualname__', fn)!r} (that would change it for every caller). It "
+            f"stays as it was. Adopt it instead: {adopt_advice(name, domain)}."
+        )
 
     def decorate(func: Callable[..., Any]) -> CustomOpDef:
         for other in REGISTRY.ops_for_node(domain, resolved_type):
@@ -405,6 +479,10 @@ def custom_op(
                     f"declared by {other.qualified_name}; a model's node could only run one of "
                     f"them. Give this op another op_type or version."
                 )
+        if find_existing(name):
+            raise DeclarationError(
+                f"torch op {name} already exists; adopt it: {adopt_advice(name, domain)}."
+            )
         try:
             torch_def = torch.library.custom_op(name, func, mutates_args=mutates_args)
         except (ValueError, TypeError, RuntimeError) as e:
@@ -426,4 +504,52 @@ def custom_op(
         REGISTRY.add_op(op)
         return op
 
-    return decorate(fn) if fn is not None else decorate
+    return decorate(fn) if fn is not None else _Declaration(name, decorate)
+
+
+class _Declaration:
+    """What ``@opbridge.custom_op("ns::new_name", domain=...)`` returns before decorating.
+
+    Used as anything but a decorator, it says that torch has no such op to adopt.
+    """
+
+    def __init__(self, name: str, decorate: Callable[[Callable[..., Any]], CustomOpDef]) -> None:
+        self._name = name
+        self._decorate = decorate
+
+    def __call__(self, func: Callable[..., Any]) -> CustomOpDef:
+        if not callable(func):
+            raise DeclarationError(
+                f"@opbridge.custom_op('{self._name}', ...) decorates a function; got {func!r}. "
+                f"torch has no op '{self._name}' to adopt in this process."
+            )
+        return self._decorate(func)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        ns = self._name.split("::")[0]
+        raise DeclarationError(
+            f"torch has no op '{self._name}' to adopt in this process, so "
+            f"opbridge.custom_op('{self._name}', ...) is a decorator waiting for the op's "
+            f"implementation (it has no .{attr}). Check the spelling (torch.ops.{ns} lists the "
+            f"namespace's ops), or first import the module or load the library that registers "
+            f"the op."
+        )
+
+
+def check_node_identity(name: str, domain: Any, op_type: str, version: Any) -> None:
+    """Checks the ONNX side of a declaration: domain, op type, version.
+
+    Raises:
+        DeclarationError: Naming the bad value and a good one.
+    """
+    if not isinstance(domain, str) or not _DOMAIN_RE.match(domain) or domain in _STANDARD_DOMAINS:
+        raise DeclarationError(
+            f"Custom op {name}: domain {domain!r} is not a custom ONNX domain; pick one of "
+            f"your own such as 'mydomain' or 'com.mycompany' (letters, digits, '.', '_', '-')."
+        )
+    if not isinstance(version, int) or version < 1:
+        raise DeclarationError(f"Custom op {name}: version must be an int >= 1, got {version!r}.")
+    if not re.match(rf"^{_IDENT}$", op_type):
+        raise DeclarationError(f"Custom op {name}: op_type {op_type!r} is not an identifier.")

@@ -274,6 +274,24 @@ SCENARIOS: list[Scenario] = [
 ]
 
 
+def _existing_scenarios() -> list[Scenario]:
+    from opbridge.demo import _existing
+
+    return [
+        Scenario(
+            "adopted_cpp_op", "-", "C++ extension op adopted -> mydomain::ScaledSoftplus",
+            _existing.adopted_cpp_op,
+        ),
+        Scenario(
+            "torch_fallback", "-", "linalg_cholesky, erfinv, kthvalue with fallback='torch'",
+            _existing.torch_fallback,
+        ),
+    ]  # fmt: skip
+
+
+SCENARIOS += _existing_scenarios()
+
+
 def run_scenario(scenario: Scenario, exporter: str) -> ScenarioResult:
     """Runs one scenario; failures are captured, not raised."""
     try:

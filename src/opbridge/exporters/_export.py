@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 import tempfile
@@ -17,8 +16,20 @@ import torch
 from opbridge._errors import ExportError, OpbridgeError
 from opbridge._model import EXTERNAL_DATA_THRESHOLD, initializer_nbytes
 from opbridge._registry import REGISTRY
-from opbridge.declaration._signature import overload_name
+from opbridge.declaration._adopt import (
+    FALLBACK_DOMAIN,
+    FALLBACK_METADATA_KEY,
+    fallback_metadata,
+    find_existing,
+)
 from opbridge.exporters._dynamo import export_dynamo
+from opbridge.exporters._fallback import (
+    Unwritable,
+    failing_ops,
+    fallback_ops,
+    static_unwritable,
+    unwritable_message,
+)
 from opbridge.exporters._settings import ExportSettings
 from opbridge.exporters._torchscript import export_torchscript, restore_names
 from opbridge.lowering._expand import PlaceholderTable, expand
@@ -26,37 +37,20 @@ from opbridge.lowering._expand import PlaceholderTable, expand
 __all__ = ["export"]
 
 Exporter = Literal["dynamo", "torchscript"]
-_BUILTIN_NAMESPACES = {"aten", "prims", "quantized_decomposed", "higher_order", "_operator"}
-
-
-@functools.lru_cache(maxsize=1)
-def _torchlib_registry() -> Any:
-    from torch.onnx._internal.exporter._registration import ONNXRegistry
-
-    return ONNXRegistry.from_torchlib()
+Fallback = Literal["torch"]
+_MAX_ROUNDS = 64  # exports while finding unwritable ops one by one (TorchScript)
 
 
 def _how_to_fix(name: str) -> str:
+    packet = name.split(".")[0]
+    overloads = find_existing(name) or find_existing(packet)
+    if overloads:
+        found = Unwritable(name, overloads)
+        return f"No ONNX lowering for torch op '{name}': {found.fix()}."
     return (
-        f"No ONNX lowering for torch op '{name}'. Declare it with "
-        f"@opbridge.custom_op('{name.split('.')[0]}', domain='mydomain') to export it as a "
-        f"custom node, or register one with opbridge.register_lowering('{name}', fn)."
+        f"No ONNX lowering for torch op '{name}': register one with "
+        f"opbridge.register_lowering('{name}', fn)."
     )
-
-
-def _check_ops(program: torch.export.ExportedProgram, table: PlaceholderTable) -> None:
-    """Names the first op neither opbridge nor torch's exporter can write."""
-    for node in program.graph.nodes:
-        target = node.target
-        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
-            continue
-        if target.namespace in _BUILTIN_NAMESPACES:
-            continue
-        name = overload_name(target)
-        # torch's registry takes seconds to build: only asked about ops outside torch.
-        if name in table.by_overload or _torchlib_registry().is_registered(target):
-            continue
-        raise ExportError(_how_to_fix(name))
 
 
 def _unwrap(error: BaseException) -> OpbridgeError | None:
@@ -81,6 +75,7 @@ def export(
     output_names: Sequence[str] | None = None,
     contrib_ops: bool = False,
     external_data: bool | None = None,
+    fallback: Fallback | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> onnx.ModelProto:
     """Exports ``model`` to ONNX, writing every declared op and lowering.
@@ -103,6 +98,10 @@ def export(
             beside the file, in ``<f>.data``, when they exceed 1.5 GB (a protobuf
             cannot hold 2 GB), else inside it; ``True``: always beside it (tensors
             over 256 bytes), as ``torch.onnx.export`` does; ``False``: always inside.
+        fallback: ``"torch"`` writes every op that no lowering and no exporter can
+            write as an ``opbridge.torch`` node run by the op's own torch kernel (the
+            model records which, in ``metadata_props``); ``None`` makes such ops an
+            error listing each one with its fix.
         kwargs: Keyword inputs of ``model``.
 
     Returns:
@@ -113,15 +112,16 @@ def export(
         ``onnx.load("m.onnx")`` (which reads the data back).
 
     Raises:
-        ExportError: An op has no lowering (the message names it and how to add one),
-            a custom opset is too low, the model is over 2 GB and ``f`` is not a
-            path, or torch's exporter failed.
+        ExportError: Ops have no lowering (the message names every one and how to
+            fix it), a custom opset is too low, the model is over 2 GB and ``f`` is
+            not a path, or torch's exporter failed.
     """
     if exporter not in ("dynamo", "torchscript"):
         raise ExportError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
     if not isinstance(args, tuple):
         args = (args,) if not isinstance(args, list) else tuple(args)
-    table = PlaceholderTable(REGISTRY, contrib_ops=contrib_ops)
+    if fallback not in (None, "torch"):
+        raise ExportError(f"fallback must be None or 'torch', got {fallback!r}")
     settings = ExportSettings(
         args=args,
         kwargs=kwargs,
@@ -130,6 +130,8 @@ def export(
         input_names=list(input_names) if input_names else None,
         output_names=list(output_names) if output_names else None,
     )
+    if exporter == "torchscript" and isinstance(model, torch.export.ExportedProgram):
+        raise ExportError("exporter='torchscript' needs an nn.Module, not an ExportedProgram")
     with tempfile.TemporaryDirectory(prefix="opbridge-export-") as workdir:
         # Where the TorchScript exporter writes a model too big for memory: beside the
         # destination, so that its weight files become the saved model's, uncopied.
@@ -139,10 +141,13 @@ def export(
         else:
             spill = os.path.join(workdir, "model.onnx")
         try:
-            model_ir = _export_ir(model, exporter, table, settings, spill)
+            model_ir, table = _export_ir(
+                model, exporter, settings, spill, contrib_ops=contrib_ops, fallback=fallback
+            )
             expand(model_ir, table, custom_opsets=custom_opsets)
             if exporter == "torchscript":
                 restore_names(model_ir)
+            _record_fallback(model_ir)
             return _save(model_ir, f, external_data)
         finally:
             if os.path.exists(spill):
@@ -150,36 +155,87 @@ def export(
 
 
 def _export_ir(
-    model: Any, exporter: str, table: PlaceholderTable, settings: ExportSettings, spill: str
-) -> ir.Model:
-    """Runs torch's exporter; the model it returns holds placeholders."""
-    try:
-        if exporter == "dynamo":
-            _check_dynamo_opset(settings.opset_version)
-            if isinstance(model, torch.export.ExportedProgram):
-                program = model
+    model: Any,
+    exporter: str,
+    settings: ExportSettings,
+    spill: str,
+    *,
+    contrib_ops: bool,
+    fallback: Fallback | None,
+) -> tuple[ir.Model, PlaceholderTable]:
+    """Runs torch's exporter; the model it returns holds placeholders.
+
+    Ops that nothing can write are collected (the dynamo program is read once; the
+    TorchScript exporter names one per failed export) so that the error lists every
+    one, or, with ``fallback="torch"``, so that each becomes a placeholder of its own
+    torch kernel and the export runs again.
+    """
+    program: torch.export.ExportedProgram | None = None
+    found: dict[str, Unwritable] = {}  # ops nothing writes, found so far
+    for _ in range(_MAX_ROUNDS):
+        table = PlaceholderTable(
+            REGISTRY, contrib_ops=contrib_ops, fallback=fallback_ops(found.values())
+        )
+        try:
+            if exporter == "dynamo":
+                _check_dynamo_opset(settings.opset_version)
+                if program is None:
+                    program = (
+                        model
+                        if isinstance(model, torch.export.ExportedProgram)
+                        else torch.export.export(
+                            model, settings.args, kwargs=settings.kwargs,
+                            dynamic_shapes=settings.dynamic_shapes,
+                        )
+                    )  # fmt: skip
+                new = [u for u in static_unwritable(program, table) if u.name not in found]
+                if new:
+                    found.update((u.name, u) for u in new)
+                    if all(u.overloads for u in new):
+                        continue  # write them as placeholders and look further
+                    raise ExportError(
+                        unwritable_message(list(found.values()), exporter, complete=False)
+                    )
+                # The program already carries the dynamic shapes.
+                model_ir = export_dynamo(
+                    program, table, dataclasses.replace(settings, dynamic_shapes=None)
+                )
+                _check_written_opset(model_ir, settings.opset_version)
             else:
-                program = torch.export.export(
-                    model, settings.args, kwargs=settings.kwargs,
-                    dynamic_shapes=settings.dynamic_shapes,
-                )  # fmt: skip
-            _check_ops(program, table)
-            # The program already carries the dynamic shapes.
-            model_ir = export_dynamo(
-                program, table, dataclasses.replace(settings, dynamic_shapes=None)
-            )
-            _check_written_opset(model_ir, settings.opset_version)
-            return model_ir
-        if isinstance(model, torch.export.ExportedProgram):
-            raise ExportError("exporter='torchscript' needs an nn.Module, not an ExportedProgram")
-        return export_torchscript(model, table, settings, spill)
-    except OpbridgeError:
-        raise
-    except Exception as e:
-        inner = _unwrap(e)
-        if inner is not None:
-            raise inner from e
-        raise ExportError(_describe_failure(e, exporter)) from e
+                model_ir = export_torchscript(model, table, settings, spill)
+        except OpbridgeError:
+            raise
+        except Exception as e:
+            inner = _unwrap(e)
+            if inner is not None:
+                raise inner from e
+            failing = failing_ops(e, exporter)
+            if found and "ScalarType Complex" in str(e):
+                raise ExportError(
+                    unwritable_message(list(found.values()), exporter, complete=True)
+                    + "\nSome of them pass complex tensors between nodes, which the "
+                    "TorchScript exporter cannot write (and ONNX Runtime's custom kernels cannot "
+                    "carry); exporter='dynamo' writes FFTs with standard ONNX ops."
+                ) from e
+            if failing is None or failing.name in found:
+                if found:
+                    raise ExportError(
+                        unwritable_message(list(found.values()), exporter, complete=False)
+                        + f"\nThen torch's exporter failed: {_describe_failure(e, exporter)}"
+                    ) from e
+                raise ExportError(_describe_failure(e, exporter)) from e
+            found[failing.name] = failing
+            if failing.overloads:
+                continue
+            raise ExportError(
+                unwritable_message(list(found.values()), exporter, complete=False)
+            ) from e
+        break
+    else:
+        raise ExportError(unwritable_message(list(found.values()), exporter, complete=False))
+    if found and fallback is None:
+        raise ExportError(unwritable_message(list(found.values()), exporter, complete=True))
+    return model_ir, table
 
 
 def _save(
@@ -253,6 +309,24 @@ def _check_written_opset(model: ir.Model, opset_version: int | None) -> None:
             f"{written} (torch's version converter could not convert this model); export with "
             f"opset_version={written} or exporter='torchscript'."
         )
+
+
+def _record_fallback(model: ir.Model) -> None:
+    """Writes which torch ops fell back into the model, for sessions in other processes."""
+    from opbridge.runtime._plan import custom_nodes
+
+    used = {
+        key.split("::", 1)[1]
+        for key in custom_nodes(model)
+        if key.startswith(FALLBACK_DOMAIN + "::")
+    }
+    names = {}
+    for op_type in used:
+        op = REGISTRY.fallback_op(op_type)
+        if op is not None:
+            names[op_type] = op.layout.name
+    if names:
+        model.metadata_props[FALLBACK_METADATA_KEY] = fallback_metadata(names)
 
 
 def _describe_failure(error: Exception, exporter: str) -> str:

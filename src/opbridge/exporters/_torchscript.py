@@ -231,6 +231,24 @@ def _mutating_ops(table: PlaceholderTable) -> dict[Any, str]:
     return found
 
 
+@contextlib.contextmanager
+def _quiet_onnx_log() -> Iterator[None]:
+    """Keeps torch's C++ ONNX log off during the export.
+
+    torch 2.13's ``setup_onnx_logging`` tests the function ``_jit_is_onnx_log_enabled``
+    instead of calling it, so it always turns the log on, and a failed export prints
+    the whole TorchScript graph to stdout from C++ (no Python redirect catches it).
+    """
+    from torch.onnx._internal.torchscript_exporter import utils
+
+    original = utils.setup_onnx_logging
+    utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()  # type: ignore[assignment,return-value]
+    try:
+        yield
+    finally:
+        utils.setup_onnx_logging = original
+
+
 def export_torchscript(
     model: Any, table: PlaceholderTable, settings: ExportSettings, spill: str
 ) -> ir.Model:
@@ -252,6 +270,7 @@ def export_torchscript(
     # The legacy exporter prints its whole graph on failure; the error says enough.
     with (
         _symbolics(table, opset),
+        _quiet_onnx_log(),
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
         recorder,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx_ir as ir
@@ -41,12 +41,25 @@ class Pending:
 class PlaceholderTable:
     """The torch overloads one export lowers, with their placeholder keys."""
 
-    def __init__(self, registry: Registry, *, contrib_ops: bool) -> None:
+    def __init__(
+        self, registry: Registry, *, contrib_ops: bool, fallback: Sequence[Any] = ()
+    ) -> None:
+        """Args:
+        registry: Lowerings and declared ops.
+        contrib_ops: Whether contrib-only shipped lowerings apply.
+        fallback: ``opbridge.torch`` ops (adopted) written for ops nothing else writes.
+        """
         from opbridge._registry import resolve_torch_target
 
         self.entries: dict[str, Pending] = {}
         self.by_overload: dict[str, Pending] = {}
         counter = itertools.count()
+        for op in fallback:
+            layout = op.layout
+            key = f"L{next(counter)}_{layout.name.replace('::', '_').replace('.', '_')}"
+            pending = Pending(key, op.overload, layout, op.lowering())
+            self.entries[key] = pending
+            self.by_overload[layout.name] = pending
         for target in registry.targets(contrib_ops=contrib_ops):
             try:
                 overloads = resolve_torch_target(target)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +113,19 @@ def _io_types(nodes: list[ir.Node]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     )
 
 
+def _make_fallback_ops(model: ir.Model, needed: Iterable[str]) -> None:
+    """Adopts the torch ops of a model's ``opbridge.torch`` nodes (``fallback="torch"``)."""
+    from opbridge.declaration._adopt import FALLBACK_DOMAIN, fallback_ops_of_model
+
+    prefix = FALLBACK_DOMAIN + "::"
+    op_types = sorted(key[len(prefix) :] for key in needed if key.startswith(prefix))
+    if not op_types:
+        return
+    missing = fallback_ops_of_model(op_types, dict(model.metadata_props))
+    if missing:
+        raise SessionError("No kernel for " + "; ".join(missing) + ".")
+
+
 def plan_kernels(
     model: ModelLike | None,
     *,
@@ -133,8 +146,10 @@ def plan_kernels(
     if model is None:
         needed: dict[str, list[ir.Node]] = {op.onnx_name: [] for op in REGISTRY.ops()}
     else:
+        model_ir = _as_ir(model)
         # Types come from the model's own value infos: no shape inference.
-        needed = custom_nodes(model)
+        needed = _custom_nodes(model_ir)
+        _make_fallback_ops(model_ir, needed)  # fallback ops of the model, adopted from torch
     sources: dict[str, KernelSource] = {}
     specs: list[KernelSpec] = []
     libs: list[Path] = list(user_libraries)
@@ -174,8 +189,10 @@ def missing_kernel_message(plan: KernelPlan) -> str:
     first = ops[0]
     domain, op_type = first.split("::", 1)
     return (
-        f"No kernel for custom op {', '.join(ops)} (domain '{domain}'). Declare it with "
-        f"@opbridge.custom_op('ns::name', domain='{domain}', op_type='{op_type}') in this "
-        f"process (its torch implementation becomes the kernel), or pass the C++ library that "
-        f"implements it: opbridge.Session(model, libraries=['libmyops.so'])."
+        f"No kernel for custom op {', '.join(ops)} (domain '{domain}'). In this process, adopt "
+        f"the torch op it stands for, opbridge.custom_op(torch.ops.ns.name, domain='{domain}', "
+        f"op_type='{op_type}') (import or load the op first), or declare it with "
+        f"@opbridge.custom_op('ns::name', domain='{domain}', op_type='{op_type}') on its "
+        f"implementation; either way the torch implementation becomes the kernel. Or pass the "
+        f"C++ library that implements it: opbridge.Session(model, libraries=['libmyops.so'])."
     )
