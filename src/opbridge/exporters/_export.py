@@ -13,6 +13,7 @@ import onnx
 import torch
 
 from opbridge._errors import ExportError, OpbridgeError
+from opbridge._quiet import torch_noise_filtered
 from opbridge._registry import REGISTRY
 from opbridge.declaration._signature import overload_name
 from opbridge.exporters._dynamo import export_dynamo
@@ -65,6 +66,7 @@ def _unwrap(error: BaseException) -> OpbridgeError | None:
     return None
 
 
+@torch_noise_filtered()
 def export(
     model: torch.nn.Module | torch.export.ExportedProgram,
     args: Any,

@@ -13,6 +13,7 @@ before opbridge (or its dependencies) can be imported.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -114,7 +115,10 @@ def ort_include_dir() -> pathlib.Path:
     if _is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="opbridge-npm-") as download_dir:
+    with (
+        _progress(f"fetching ONNX Runtime headers ({_NPM_PACKAGE}@{_NPM_VERSION}, about 150 MB)"),
+        tempfile.TemporaryDirectory(prefix="opbridge-npm-") as download_dir,
+    ):
         tarball = _npm_pack(pathlib.Path(download_dir))
         _check_integrity(tarball)
         # Extract next to the target so the final rename stays on one filesystem.
@@ -132,6 +136,15 @@ def ort_include_dir() -> pathlib.Path:
     if not _is_complete(target):
         raise HeaderError(f"header cache {target} is incomplete after extraction")
     return target
+
+
+def _progress(message: str) -> contextlib.AbstractContextManager[None]:
+    # setup.py loads this file alone, before opbridge is importable: no progress then.
+    try:
+        from opbridge._progress import progress
+    except ImportError:
+        return contextlib.nullcontext()
+    return progress(message)
 
 
 def _is_complete(path: pathlib.Path) -> bool:
