@@ -103,7 +103,7 @@ def test_attribute_helper_reads_required_and_optional(scale_shift_lib) -> None:
     [
         ({}, "example::ScaleShift: required attribute 'factor' (float) is missing"),
         ({"factor": 2}, "attribute 'factor' must be of type float, the node has a int"),
-        ({"factor": 1.0, "shift": 0.5}, "attribute 'shift' must be of type int, the node has a float"),
+        ({"factor": 1.0, "shift": 0.5}, "'shift' must be of type int, the node has a float"),
         ({"factor": "x"}, "attribute 'factor' must be of type float, the node has a string"),
     ],
 )  # fmt: skip
@@ -149,5 +149,6 @@ def test_attribute_helper_reads_strings_and_lists(fresh_cache) -> None:
     assert run(**{"is": [0]}) == [7.0, 0.0, 0.0]  # s "default", no floats
     with pytest.raises(Exception, match=re.escape("required attribute 'is' (ints) is missing")):
         run(s="x")
-    with pytest.raises(Exception, match=re.escape("'fs' must be of type floats, the node has a ints")):
+    wrong_list = "'fs' must be of type floats, the node has a ints"
+    with pytest.raises(Exception, match=re.escape(wrong_list)):
         run(fs=[1, 2], **{"is": [1]})

@@ -148,9 +148,10 @@ inline bool Succeeded(OrtStatus* status) {
   return false;
 }
 
-// The ONNX type of attribute `name` ("float", "int", "string", "floats", "ints"), or ""
-// when the node has no such attribute. Probing by type keeps "absent" and "wrong type"
-// apart without depending on ONNX Runtime's error texts.
+// The ONNX type of attribute `name` ("float", "int", "string", "floats", "ints", or
+// "list" for an empty list), or "" when the node has no such attribute. Probing by type
+// keeps "absent" and "wrong type" apart without depending on ONNX Runtime's error texts.
+// (ONNX Runtime reads a list attribute of the other element type as an empty list.)
 inline std::string AttributeKind(const OrtKernelInfo* info, const char* name) {
   const OrtApi& api = Ort::GetApi();
   float f = 0.0f;
@@ -159,11 +160,14 @@ inline std::string AttributeKind(const OrtKernelInfo* info, const char* name) {
   if (Succeeded(api.KernelInfoGetAttribute_float(info, name, &f))) return "float";
   if (Succeeded(api.KernelInfoGetAttribute_int64(info, name, &i))) return "int";
   if (Succeeded(api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) return "string";
-  size = 0;
-  if (Succeeded(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &size))) return "floats";
-  size = 0;
-  if (Succeeded(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) return "ints";
-  return "";
+  size_t floats = 0;
+  size_t ints = 0;
+  const bool has_floats =
+      Succeeded(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &floats));
+  const bool has_ints = Succeeded(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &ints));
+  if (has_floats && floats > 0) return "floats";
+  if (has_ints && ints > 0) return "ints";
+  return has_floats || has_ints ? "list" : "";
 }
 
 template <typename T>
@@ -228,9 +232,26 @@ struct AttributeTraits<std::vector<int64_t>> {
 };
 
 template <typename T>
+struct IsVector : std::false_type {};
+template <typename E>
+struct IsVector<std::vector<E>> : std::true_type {};
+
+template <typename T>
 bool ReadAttribute(const OrtKernelInfo* info, const char* name, T& out) {
   using Traits = AttributeTraits<T>;
-  if (Traits::Read(info, name, out)) return true;
+  if (Traits::Read(info, name, out)) {
+    if constexpr (IsVector<T>::value) {
+      // An empty result may be a non-empty list of the other element type.
+      if (out.empty()) {
+        const std::string kind = AttributeKind(info, name);
+        if (kind != Traits::kKind && kind != "list") {
+          Fail(ORT_INVALID_ARGUMENT, "attribute '", name, "' must be of type ", Traits::kKind,
+               ", the node has a ", kind);
+        }
+      }
+    }
+    return true;
+  }
   const std::string kind = AttributeKind(info, name);
   if (!kind.empty()) {
     Fail(ORT_INVALID_ARGUMENT, "attribute '", name, "' must be of type ", Traits::kKind,
