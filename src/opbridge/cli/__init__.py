@@ -34,6 +34,19 @@ def _version() -> str:
     return f"opbridge {__version__} ({', '.join(parts)})"
 
 
+class _ShowVersion(argparse.Action):
+    """``--version`` on one line, unwrapped (argparse's own action wraps it)."""
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, help: str | None = None, **_: object
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(_version())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opbridge",
@@ -47,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--traceback", action="store_true", help="show the full traceback on error (anywhere)"
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument(
+        "--version", action=_ShowVersion, help="show opbridge's version and its stack's, then exit"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMANDS:
         module = importlib.import_module(f"opbridge.cli.{name}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
+
+from opbridge.cli._output import say, stderr
 
 __all__ = ["register"]
 
@@ -84,11 +85,11 @@ def _handler(args: argparse.Namespace) -> int:
         # The CLI's error line is a one-line summary; the compiler's own diagnostics
         # (every file:line) go to stderr first. With -v they were already shown.
         if exc.compiler_output and not args.verbose:
-            print(exc.compiler_output, file=sys.stderr)
+            stderr().print(exc.compiler_output)
         raise
     if args.output_dir:
         path = _install(path, Path(args.output_dir) / f"lib{args.name}.so")
-    print(path)
+    say(str(path))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from opbridge.cli._common import add_model_arguments, load_model
+from opbridge.cli._output import say
 
 __all__ = ["register"]
 
@@ -25,14 +26,14 @@ def _run(args: argparse.Namespace) -> int:
         random_inputs=args.random_inputs,
         seed=args.seed,
     )
-    print(report)
+    say(str(report))  # verify() shows its own progress
     if args.output:
         import onnx
 
         onnx.save(report.model, args.output)
     if args.html:
         report.save_html(args.html)
-        print(f"report written to {args.html}")
+        say(f"report written to {args.html}")
     return 0 if report.passed else 1
 
 
