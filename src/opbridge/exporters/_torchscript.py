@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,13 +169,13 @@ def export_torchscript(
     opset = settings.opset_version or 20
     dynamic_axes = _dynamic_axes(settings.dynamic_shapes, settings.input_names)
     buffer = io.BytesIO()
-    # The legacy exporter prints its whole graph on failure; the error says enough.
+    # The legacy exporter prints its whole graph on failure; the error says enough. Its
+    # deprecation warnings are filtered around export() (opbridge._quiet); the user's
+    # own warnings, and the tracer's about the user's code, still show.
     with (
         _symbolics(table, opset),
-        warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
     ):
-        warnings.simplefilter("ignore")  # the legacy exporter is deprecated, loudly
         torch.onnx.export(
             model,
             settings.args,
