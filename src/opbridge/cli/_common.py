@@ -69,7 +69,9 @@ def import_target(spec: str) -> Any:
     if spec.endswith(".py") or "/" in spec:
         path = Path(spec)
         if not path.is_file():
-            raise CliError(f"no such file '{spec}'")
+            raise CliError(
+                f"no such file '{spec}': give an existing .py file or a dotted module on sys.path"
+            )
         name = f"_opbridge_user_{path.stem}"
         if name in sys.modules:
             return sys.modules[name]
