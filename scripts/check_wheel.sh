@@ -9,6 +9,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 
+# Stale modules in setuptools' staging directories would end up in the wheel.
+rm -rf build/lib.* build/bdist.*
 echo "wheel check: building the wheel (kernel host and shipped kernels, about a minute) ..."
 .venv/bin/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$work/dist" . \
     > "$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
