@@ -117,6 +117,7 @@ SHIPPED = textwrap.dedent(
         opbridge.Session(model)
     except opbridge.SessionError as e:
         assert "test.customop::CustomOpOne" in str(e), e
+        assert "libraries=[opbridge.library_path()]" in str(e), e
     else:
         raise AssertionError("the shipped kernels were bound without being asked")
     # ... only when the caller passes the library.

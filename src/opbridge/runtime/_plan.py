@@ -173,5 +173,17 @@ def missing_kernel_message(plan: KernelPlan) -> str:
         f"No kernel for custom op {', '.join(ops)} (domain '{domain}'). Declare it with "
         f"@opbridge.custom_op('ns::name', domain='{domain}', op_type='{op_type}') in this "
         f"process (its torch implementation becomes the kernel), or pass the C++ library that "
-        f"implements it: opbridge.Session(model, libraries=['libmyops.so'])."
+        f"implements it: opbridge.Session(model, libraries=['libmyops.so'])." + _shipped_hint(ops)
+    )
+
+
+def _shipped_hint(ops: Sequence[str]) -> str:
+    from opbridge.native import SHIPPED_OPS
+
+    seeds = [op for op in ops if op in SHIPPED_OPS]
+    if not seeds:
+        return ""
+    return (
+        f" opbridge ships C++ kernels for {', '.join(seeds)}, used only when asked: "
+        "opbridge.Session(model, libraries=[opbridge.library_path()])."
     )
