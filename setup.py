@@ -1,10 +1,15 @@
 """Build hooks for opbridge's native parts; all metadata lives in pyproject.toml.
 
-This builds the kernel host, ``opbridge.runtime._host_ext``: a CPython extension
-module that is also an ONNX Runtime custom-op library (it exports
-``RegisterCustomOps``). It compiles against ONNX Runtime's public headers, which
-``src/opbridge/native/_headers.py`` locates or fetches and verifies, and against
-numpy's; it never links ``libonnxruntime``.
+This builds two shared libraries, both against ONNX Runtime's public headers only
+(``src/opbridge/native/_headers.py`` locates or fetches and verifies them; nothing
+links ``libonnxruntime``):
+
+* the kernel host, ``opbridge.runtime._host_ext``: a CPython extension module that is
+  also an ONNX Runtime custom-op library (it exports ``RegisterCustomOps``);
+* the shipped native kernels, ``opbridge/native/_lib/libopbridge_kernels.so``, built
+  from ``native/kernels/*.cc`` once here so that an installed wheel needs no compiler
+  (``opbridge.library_path()`` returns it; a ``kernels.sha256`` beside it lets a
+  source checkout notice edited sources and rebuild into the cache instead).
 
 Environment:
     OPBRIDGE_BUILD_HOST=0: install without the kernel host (opbridge then uses its
@@ -29,7 +34,9 @@ from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError
 
 ROOT = pathlib.Path(__file__).resolve().parent
 HOST_DIR = pathlib.Path("src", "opbridge", "runtime", "host")
-HEADERS_MODULE = ROOT / "src" / "opbridge" / "native" / "_headers.py"
+NATIVE_DIR = pathlib.Path("src", "opbridge", "native")
+HEADERS_MODULE = ROOT / NATIVE_DIR / "_headers.py"
+KERNELS_EXT = "opbridge.native._lib.libopbridge_kernels"
 
 _COMPILER_HINT = (
     "Install a C++17 compiler and the Python development headers, e.g. "
@@ -49,11 +56,11 @@ class HostBuildError(SystemExit):
         )
 
 
-def _load_headers_module() -> ModuleType:
-    """Imports ``opbridge/native/_headers.py`` by path: opbridge is not importable yet."""
-    spec = importlib.util.spec_from_file_location("_opbridge_build_headers", HEADERS_MODULE)
+def _load_module(name: str, path: pathlib.Path) -> ModuleType:
+    """Imports a standard-library-only module by path: opbridge is not importable yet."""
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise HostBuildError(f"cannot load {HEADERS_MODULE}")
+        raise HostBuildError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     # dataclasses and friends look modules up in sys.modules while executing them.
     sys.modules[spec.name] = module
@@ -64,10 +71,28 @@ def _load_headers_module() -> ModuleType:
 class BuildHost(build_ext):
     """build_ext that resolves the include directories late and explains failures."""
 
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            # The two libraries (and their sources) compile side by side.
+            self.parallel = os.cpu_count() or 1
+
+    def get_ext_filename(self, fullname: str) -> str:
+        # The kernel library is loaded by ONNX Runtime, not imported: a plain name.
+        # (distutils also asks with the last component only.)
+        if fullname in (KERNELS_EXT, KERNELS_EXT.rpartition(".")[2]):
+            return str(pathlib.Path(*fullname.split("."))) + ".so"
+        return super().get_ext_filename(fullname)
+
+    def get_export_symbols(self, ext: Extension) -> list[str]:
+        if ext.name == KERNELS_EXT:
+            return ["RegisterCustomOps"]
+        return list(super().get_export_symbols(ext))
+
     def build_extensions(self) -> None:
         # Resolved here, not at import time, so that metadata-only commands never
         # download headers.
-        headers = _load_headers_module()
+        headers = _load_module("_opbridge_build_headers", HEADERS_MODULE)
         try:
             ort_include = headers.ort_include_dir()
         except headers.HeaderError as exc:
@@ -82,6 +107,15 @@ class BuildHost(build_ext):
         compiler = getattr(self.compiler, "compiler_so", None)
         if compiler and shutil.which(compiler[0]) is None:
             raise HostBuildError(f"the compiler `{compiler[0]}` was not found. {_COMPILER_HINT}.")
+        if self.inplace or getattr(self, "editable_mode", False):
+            # Copied into the source tree afterwards, into a directory git ignores.
+            (ROOT / NATIVE_DIR / "_lib").mkdir(exist_ok=True)
+        print(
+            f"opbridge: compiling the kernel host and the shipped kernels "
+            f"({len(self.extensions)} libraries, about a minute) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             super().build_extensions()
         except (CCompilerError, CompileError, ExecError, LinkError, PlatformError) as exc:
@@ -89,6 +123,20 @@ class BuildHost(build_ext):
                 f"compiling {HOST_DIR} failed ({exc}); the compiler output above has the "
                 f"details. It needs a C++17 compiler and the Python headers: {_COMPILER_HINT}."
             ) from exc
+        self._write_kernel_digest()
+
+    def _write_kernel_digest(self) -> None:
+        """Records which sources the prebuilt kernel library was compiled from."""
+        if not any(ext.name == KERNELS_EXT for ext in self.extensions):
+            return
+        digest = _load_module("_opbridge_build_digest", ROOT / NATIVE_DIR / "_digest.py")
+        text = digest.kernel_sources_digest(ROOT / NATIVE_DIR) + "\n"
+        targets = [pathlib.Path(self.get_ext_fullpath(KERNELS_EXT)).parent]
+        if getattr(self, "editable_mode", False):
+            targets.append(ROOT / NATIVE_DIR / "_lib")
+        for directory in targets:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "kernels.sha256").write_text(text)
 
 
 def _extensions() -> list[Extension]:
@@ -121,8 +169,35 @@ def _extensions() -> list[Extension]:
             extra_compile_args=compile_flags,
             extra_link_args=link_flags,
             language="c++",
-        )
+        ),
+        _kernels_extension(),
     ]
+
+
+def _kernels_extension() -> Extension:
+    """The shipped kernels as a plain shared library (same flags as ``build_library``)."""
+    sources = sorted(str(path) for path in (NATIVE_DIR / "kernels").glob("*.cc"))
+    compile_flags = ["-std=c++17", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-g0"]
+    link_flags: list[str] = []
+    if sys.platform.startswith("linux"):
+        link_flags = [
+            "-Wl,-z,defs",
+            "-Wl,--require-defined=RegisterCustomOps",
+            f"-Wl,--version-script={ROOT / NATIVE_DIR / 'kernels' / 'exports.map'}",
+        ]
+    return Extension(
+        KERNELS_EXT,
+        sources=sources,
+        depends=[
+            str(NATIVE_DIR / "kernels" / "kernels.h"),
+            str(NATIVE_DIR / "include" / "opbridge" / "ort_kernel.h"),
+        ],
+        include_dirs=[str(NATIVE_DIR / "include")],
+        define_macros=[("ORT_API_MANUAL_INIT", None)],
+        extra_compile_args=compile_flags,
+        extra_link_args=link_flags,
+        language="c++",
+    )
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildHost})

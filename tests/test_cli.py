@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -51,12 +53,13 @@ def test_export_inspect_run(models_file: Path, tmp_path: Path, capsys) -> None: 
     assert "cli.test::Softsign" in capsys.readouterr().out
     assert onnx.load(str(out)).graph.node[0].domain == "cli.test"
 
-    assert main(["--import", str(models_file), "inspect", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "cli.test::Softsign x1" in text and "Python kernel (torch)" in text
+    # --import is accepted before and after the sub-command.
+    assert main(["inspect", str(out), "--import", str(models_file)]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if "cli.test::Softsign" in ln)
+    assert row.split()[1] == "1" and "Python kernel (torch)" in row
 
     result = tmp_path / "out.npz"
-    assert main(["--import", str(models_file), "run", str(out), "-o", str(result)]) == 0
+    assert main(["run", f"--import={models_file}", str(out), "-o", str(result)]) == 0
     assert "float32[3, 4]" in capsys.readouterr().out
     assert np.load(result)[onnx.load(str(out)).graph.output[0].name].shape == (3, 4)
 
@@ -77,10 +80,14 @@ def test_inspect_reports_missing_kernel(tmp_path: Path, capsys) -> None:  # type
     path = tmp_path / "unknown.onnx"
     onnx.save(model, str(path))
     assert main(["inspect", str(path)]) == 1
-    assert "nowhere::Unknown x1: NO KERNEL" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("nowhere::Unknown"))
+    assert row.split()[1:] == ["1", "NO", "KERNEL"]
+    assert "--import MODULE" in out and "--library" in out
     assert main(["run", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nowhere::Unknown" in err
+    assert "--import MODULE" in err and "--library" in err and "--seed-kernels" in err
 
 
 def test_verify_with_factory_inputs(models_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -98,7 +105,11 @@ def test_verify_with_factory_inputs(models_file: Path, capsys) -> None:  # type:
         (["verify", "{models}:not_a_model"], "not an nn.Module"),
         (["verify", "{models}:make_model"], "--input-shape"),
         (["verify", "{models}:make_model", "--input-shape", "a,b"], "bad --input-shape"),
-        (["run", "/no/such/model.onnx"], "does not exist"),
+        (["run", "/no/such/model.onnx"], "no such file '/no/such/model.onnx'"),
+        (["inspect", "/no/such/model.onnx"], "no such file '/no/such/model.onnx'"),
+        (["inspect", "{models}"], "is not an ONNX model"),
+        (["run", "{models}"], "is not an ONNX model"),
+        (["--import", "/no/such/mod.py", "inspect", "x.onnx"], "--import /no/such/mod.py"),
     ],
 )
 def test_errors_are_one_line(models_file: Path, capsys, argv: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
@@ -125,3 +136,70 @@ def test_quickstart_example_runs(capsys) -> None:  # type: ignore[no-untyped-def
     )
     out = capsys.readouterr().out
     assert "mydomain::ScaledTanh" in out and out.count("PASSED") == 2
+
+
+def test_version_names_the_stack(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for dist in ("opbridge", "torch 2.", "onnx 1.", "onnxruntime 1."):
+        assert dist in out
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Runs the CLI in a fresh process: no op declared by other tests."""
+    code = "import sys; from opbridge.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_seed_kernels_are_opt_in(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("CustomOpOne", ["x", "x"], ["y"], domain="test.customop")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("test.customop", 1)]
+    )
+    model.ir_version = 10
+    path = tmp_path / "seed.onnx"
+    onnx.save(model, str(path))
+    # A node named like a seed op is never bound to opbridge's kernels unasked.
+    done = _cli("inspect", str(path))
+    assert done.returncode == 1 and "NO KERNEL" in done.stdout, done
+    done = _cli("inspect", str(path), "--seed-kernels")
+    assert done.returncode == 0 and "native library" in done.stdout, done
+    done = _cli("run", str(path), "--seed-kernels")
+    assert done.returncode == 0 and "float32[2]" in done.stdout, done
+    assert done.stderr == ""
+
+
+def test_export_is_quiet_but_keeps_the_users_warnings(models_file: Path, tmp_path: Path) -> None:
+    noisy = tmp_path / "noisy_models.py"
+    noisy.write_text(
+        models_file.read_text()
+        + textwrap.dedent(
+            """
+            import warnings
+
+            class Noisy(Model):
+                def forward(self, x):
+                    warnings.warn("the user's own warning")
+                    return super().forward(x)
+
+            def make_noisy():
+                return Noisy(), (torch.randn(2, 3),)
+            """
+        )
+    )
+    done = _cli("export", f"{noisy}:make_noisy", "-o", str(tmp_path / "n.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert "torchvision" not in done.stderr and "LeafSpec" not in done.stderr
+    assert "the user's own warning" in done.stderr

@@ -112,7 +112,16 @@ SHIPPED = textwrap.dedent(
         opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("test.customop", 1)],
     )
     model.ir_version = 10
-    session = opbridge.Session(model)
+    # Never bound silently to a node that merely has a seed op's name ...
+    try:
+        opbridge.Session(model)
+    except opbridge.SessionError as e:
+        assert "test.customop::CustomOpOne" in str(e), e
+        assert "libraries=[opbridge.library_path()]" in str(e), e
+    else:
+        raise AssertionError("the shipped kernels were bound without being asked")
+    # ... only when the caller passes the library.
+    session = opbridge.Session(model, libraries=[opbridge.library_path()])
     assert {s.provider for s in session.kernel_sources.values()} == {"native"}, session
     x = np.array([0.25, 0.75, 1.25, -1.25], np.float32)
     np.testing.assert_array_equal(session(x), np.round(x + x).astype(np.int32))
@@ -121,7 +130,7 @@ SHIPPED = textwrap.dedent(
 )
 
 
-def test_shipped_kernels_serve_undeclared_seed_ops(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_shipped_kernels_serve_seed_ops_only_when_passed(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # A fresh process: here, other tests may have declared test.customop ops, which win.
     script = tmp_path / "shipped.py"
     script.write_text(SHIPPED)

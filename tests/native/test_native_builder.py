@@ -290,14 +290,25 @@ def test_registration_is_idempotent_across_session_options(bad_registration_lib,
         del os.environ["OPBRIDGE_TEST_REGISTRATION"]
 
 
-def test_cli_build_prints_the_library_path(kernel_lib, capsys):
+def test_cli_build_prints_the_library_path(fresh_cache, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="opbridge")
     build_cli.register(parser.add_subparsers())
-    from opbridge.native._library import KERNEL_SOURCES, LIBRARY_NAME
+    src = _write_scale_sources(tmp_path / "src", "2.0f")
 
-    args = parser.parse_args(["build", LIBRARY_NAME, *map(str, KERNEL_SOURCES)])
+    args = parser.parse_args(["build", "scale", str(src)])
     assert args.func(args) == 0
-    assert capsys.readouterr().out.strip() == str(kernel_lib)
+    cached = pathlib.Path(capsys.readouterr().out.strip())
+    assert cached == native.build_library("scale", [src])
+    assert fresh_cache in cached.parents
+
+    # -o DIR: a stable, deployable name outside the cache.
+    out_dir = tmp_path / "deploy" / "lib"
+    args = parser.parse_args(["build", "scale", str(src), "-o", str(out_dir)])
+    assert args.func(args) == 0
+    deployed = pathlib.Path(capsys.readouterr().out.strip())
+    assert deployed == (out_dir / "libscale.so").resolve()
+    assert deployed.read_bytes() == cached.read_bytes()
+    np.testing.assert_array_equal(_run_scale(deployed), [0.0, 2.0, 4.0])
 
 
 def test_cli_build_error_is_a_build_error(fresh_cache, tmp_path, capsys):

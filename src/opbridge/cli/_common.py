@@ -13,12 +13,55 @@ import numpy as np
 import torch
 
 from opbridge._errors import OpbridgeError
+from opbridge.native._library import SHIPPED_OPS
 
-__all__ = ["add_model_arguments", "import_target", "load_model", "parse_shape", "random_inputs"]
+__all__ = [
+    "NO_KERNEL_HINT",
+    "CliError",
+    "add_library_arguments",
+    "add_model_arguments",
+    "libraries",
+    "import_target",
+    "load_model",
+    "parse_shape",
+    "random_inputs",
+    "read_model",
+]
 
 
 class CliError(OpbridgeError):
     """A command-line argument is wrong."""
+
+
+#: How to give a custom node its kernel on the command line.
+NO_KERNEL_HINT = (
+    "On the command line: --import MODULE (a module or .py file that declares the op), "
+    "--library libmyops.so (a C++ library that implements it), or --seed-kernels for the "
+    "seed tutorials' ops (" + ", ".join(SHIPPED_OPS) + ")."
+)
+
+
+def add_library_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--library PATH`` (repeatable) and ``--seed-kernels``, for ``run`` and ``inspect``."""
+    parser.add_argument(
+        "--library", action="append", default=[], metavar="PATH",
+        help="a C++ custom-op library the model runs with (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed-kernels", action="store_true",
+        help="also use opbridge's shipped C++ kernels for the seed tutorials' ops "
+        f"({', '.join(SHIPPED_OPS)}); never used unless asked",
+    )  # fmt: skip
+
+
+def libraries(args: argparse.Namespace) -> list[str]:
+    """The libraries ``--library`` and ``--seed-kernels`` ask for."""
+    found = list(args.library)
+    if args.seed_kernels:
+        from opbridge.native import library_path
+
+        found.append(str(library_path()))
+    return found
 
 
 def import_target(spec: str) -> Any:
@@ -26,7 +69,9 @@ def import_target(spec: str) -> Any:
     if spec.endswith(".py") or "/" in spec:
         path = Path(spec)
         if not path.is_file():
-            raise CliError(f"no such file '{spec}'")
+            raise CliError(
+                f"no such file '{spec}': give an existing .py file or a dotted module on sys.path"
+            )
         name = f"_opbridge_user_{path.stem}"
         if name in sys.modules:
             return sys.modules[name]
@@ -43,6 +88,28 @@ def import_target(spec: str) -> Any:
         raise CliError(
             f"cannot import '{spec}': {e}; give a module on sys.path or a .py file"
         ) from e
+
+
+def read_model(path: str) -> Any:
+    """Reads an ONNX file's graph without its weights, or says which file is wrong and why."""
+    from opbridge._model import read_graph
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"no such file '{path}': give the path of an .onnx model")
+    try:
+        model = read_graph(file)
+    except Exception as e:  # protobuf's DecodeError, or a field the reader cannot walk
+        raise CliError(
+            f"'{path}' is not an ONNX model ({type(e).__name__}: {e}); give an .onnx file "
+            "written by `opbridge export`, opbridge.export or torch.onnx.export"
+        ) from e
+    if not model.HasField("graph"):
+        raise CliError(
+            f"'{path}' is not an ONNX model (it holds no graph); give an .onnx file "
+            "written by `opbridge export`, opbridge.export or torch.onnx.export"
+        )
+    return model
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from opbridge.cli._output import say, stderr
 
 __all__ = ["register"]
 
@@ -19,8 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compile an ONNX Runtime custom-op library from C++ sources",
         description=(
             "Compile C++ kernels written against <opbridge/ort_kernel.h> into a shared "
-            "library that any ONNX Runtime can load with register_custom_ops_library. "
-            "Builds are cached; the library path is printed on stdout."
+            "library that any ONNX Runtime can load with register_custom_ops_library "
+            "(Python, or the C/C++ API's RegisterCustomOpsLibrary). Builds are cached; with "
+            "-o DIR the library is also copied to DIR/libNAME.so, ready to deploy. The "
+            "library path is printed on stdout."
         ),
     )
     parser.add_argument("name", help="library name (letters, digits, '_', '.', '-')")
@@ -50,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="extra linker flag, e.g. --ldflag=-lm (repeatable)",
     )
     parser.add_argument(
+        "-o",
+        "--output-dir",
+        metavar="DIR",
+        help="copy the library to DIR/libNAME.so (created if needed) and print that path",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="print compiler commands and output"
     )
     parser.set_defaults(func=_handler)
@@ -72,7 +85,23 @@ def _handler(args: argparse.Namespace) -> int:
         # The CLI's error line is a one-line summary; the compiler's own diagnostics
         # (every file:line) go to stderr first. With -v they were already shown.
         if exc.compiler_output and not args.verbose:
-            print(exc.compiler_output, file=sys.stderr)
+            stderr().print(exc.compiler_output)
         raise
-    print(path)
+    if args.output_dir:
+        path = _install(path, Path(args.output_dir) / f"lib{args.name}.so")
+    say(str(path))
     return 0
+
+
+def _install(library: Path, target: Path) -> Path:
+    """Copies ``library`` to ``target`` atomically (a running process may have it loaded)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(library, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target.resolve()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+
+from opbridge.cli._output import error, say
 
 __all__ = ["register"]
 
@@ -16,17 +17,16 @@ def _run(args: argparse.Namespace) -> int:
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
     if not chosen:
         names = ", ".join(s.name for s in SCENARIOS)
-        print(f"opbridge demo: no scenario named {args.only}; choose from {names}", file=sys.stderr)
+        error("demo", f"no scenario named {', '.join(args.only)}; choose from {names}")
         return 2
     passed = failed = 0
     total = len(chosen) * len(exporters)
     for i, scenario in enumerate(chosen):
         for j, exporter in enumerate(exporters):
             step = i * len(exporters) + j + 1
-            print(
+            say(
                 f"[{step}/{total}] seed {scenario.seed} {scenario.name} "
-                f"({scenario.description}), {exporter} exporter ...",
-                flush=True,
+                f"({scenario.description}), {exporter} exporter ..."
             )
             start = time.perf_counter()
             result = run_scenario(scenario, exporter)
@@ -34,13 +34,13 @@ def _run(args: argparse.Namespace) -> int:
             if result.passed:
                 passed += 1
                 assert result.report is not None
-                print("\n".join("    " + line for line in str(result.report).splitlines()))
-                print(f"    ok in {took:.2f}s", flush=True)
+                say(*("    " + line for line in str(result.report).splitlines()))
+                say(f"    ok in {took:.2f}s")
             else:
                 failed += 1
                 detail = result.error or str(result.report)
-                print(f"    FAILED in {took:.2f}s: {detail}", flush=True)
-    print(f"demo: {passed} passed, {failed} failed")
+                say(f"    FAILED in {took:.2f}s: {detail}")
+    say(f"demo: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 
 

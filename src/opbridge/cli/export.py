@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from opbridge._progress import progress
 from opbridge.cli._common import add_model_arguments, load_model
+from opbridge.cli._output import say
 
 __all__ = ["register"]
 
@@ -13,12 +15,13 @@ def _run(args: argparse.Namespace) -> int:
     import opbridge
 
     model, inputs = load_model(args)
-    proto = opbridge.export(
-        model, inputs, args.output, exporter=args.exporter, opset_version=args.opset,
-        contrib_ops=args.contrib_ops, fallback=args.fallback,
-    )  # fmt: skip
+    with progress(f"exporting {args.target} with the {args.exporter} exporter"):
+        proto = opbridge.export(
+            model, inputs, args.output, exporter=args.exporter, opset_version=args.opset,
+            contrib_ops=args.contrib_ops, fallback=args.fallback,
+        )  # fmt: skip
     custom = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain})
-    print(
+    say(
         f"wrote {args.output}: {len(proto.graph.node)} nodes"
         + (f", custom: {', '.join(custom)}" if custom else "")
     )

@@ -6,49 +6,51 @@ import argparse
 import collections
 from typing import Any
 
+from opbridge.cli._common import NO_KERNEL_HINT, add_library_arguments, libraries, read_model
+from opbridge.cli._output import print_table, say
+
 __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
-
     from opbridge.runtime._plan import custom_nodes, plan_kernels
-    from opbridge.runtime._session import kernel_provider, read_model_graph
+    from opbridge.runtime._session import kernel_provider
 
-    model = read_model_graph(args.model)  # the graph only: no weights read
-    print(
+    model = read_model(args.model)  # the graph only: no weights read
+    say(
         f"{args.model}: IR {model.ir_version}, producer {model.producer_name} "
-        f"{model.producer_version}".rstrip()
-    )
-    print(
-        "opsets: " + ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+        f"{model.producer_version}".rstrip(),
+        "opsets: " + ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import),
     )
     counts = collections.Counter(n.domain or "ai.onnx" for n in model.graph.node)
-    print("nodes by domain: " + ", ".join(f"{d} {c}" for d, c in sorted(counts.items())))
+    say("nodes by domain: " + ", ".join(f"{d} {c}" for d, c in sorted(counts.items())))
     if model.functions:
-        print("functions: " + ", ".join(f"{f.domain}::{f.name}" for f in model.functions))
+        say("functions: " + ", ".join(f"{f.domain}::{f.name}" for f in model.functions))
     nodes = custom_nodes(model)
     _print_fallback(model, nodes)
     if not nodes:
-        print("custom nodes: none (ONNX Runtime runs this model as is)")
+        say("custom nodes: none (ONNX Runtime runs this model as is)")
         return 0
-    plan = plan_kernels(model, libraries=args.library)
+    plan = plan_kernels(model, libraries=libraries(args))
     route = None
     if plan.specs:
         try:
             route = kernel_provider().name
         except Exception as e:
             route = f"unavailable: {e}"
-    print("custom nodes:")
+    rows = []
     for key, found in sorted(nodes.items()):
         source = plan.sources[key]
         where = {
             "python": f"Python kernel ({source.detail}) via {route}",
             "native": f"native library {source.detail}",
             "user-library": f"one of {source.detail}",
-            "missing": "NO KERNEL: adopt or declare it with opbridge.custom_op (--import "
-            "a module that does) or pass --library",
+            "missing": "NO KERNEL",
         }
-        print(f"  {key} x{len(found)}: {where[source.provider]}")
+        rows.append([key, str(len(found)), where[source.provider]])
+    print_table(["custom node", "count", "kernel"], rows)
+    if plan.missing:
+        say(f"{len(plan.missing)} custom node type(s) have no kernel. {NO_KERNEL_HINT}")
     return 1 if plan.missing else 0
 
 
@@ -79,10 +81,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect", help="list a model's domains, custom nodes and which have kernels"
     )
     parser.add_argument("model", help="the .onnx file")
-    parser.add_argument(
-        "--library",
-        action="append",
-        default=[],
-        help="a C++ custom-op library the model will run with (repeatable)",
-    )
+    add_library_arguments(parser)
     parser.set_defaults(func=_run)

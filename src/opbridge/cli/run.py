@@ -8,7 +8,17 @@ from typing import Any
 import numpy as np
 from onnx import helper
 
-from opbridge.cli._common import CliError, parse_shape, random_array
+from opbridge._errors import SessionError
+from opbridge.cli._common import (
+    NO_KERNEL_HINT,
+    CliError,
+    add_library_arguments,
+    libraries,
+    parse_shape,
+    random_array,
+    read_model,
+)
+from opbridge.cli._output import print_table, say
 
 __all__ = ["register"]
 
@@ -16,9 +26,14 @@ __all__ = ["register"]
 def _run(args: argparse.Namespace) -> int:
     import opbridge
 
-    session = opbridge.Session(args.model, libraries=args.library)
+    graph_inputs = {i.name: i for i in _graph_inputs(args.model)}  # checks the file first
+    try:
+        session = opbridge.Session(args.model, libraries=libraries(args))
+    except SessionError as e:
+        if "No kernel for custom op" not in str(e):
+            raise
+        raise CliError(f"{e} {NO_KERNEL_HINT}") from e
     rng = np.random.default_rng(args.seed)
-    graph_inputs = {i.name: i for i in _graph_inputs(args.model)}
     if args.inputs:
         with np.load(args.inputs) as data:
             feeds = {name: data[name] for name in session.input_names if name in data}
@@ -38,13 +53,15 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 shape = tuple(d for d in dims if d is not None)
             feeds[name] = random_array(shape, helper.tensor_dtype_to_np_dtype(t.elem_type), rng)
-    print(session)
+    say(str(session))
     outputs = session.run(feeds)
+    rows = []
     for name, value in zip(session.output_names, outputs, strict=False):
-        stats = ""
+        stats = ["", "", ""]
         if value.dtype.kind in "fiu" and value.size:
-            stats = f" min={value.min():.4g} max={value.max():.4g} mean={value.mean():.4g}"
-        print(f"{name}: {value.dtype.name}{list(value.shape)}{stats}")
+            stats = [f"{value.min():.4g}", f"{value.max():.4g}", f"{value.mean():.4g}"]
+        rows.append([name, f"{value.dtype.name}{list(value.shape)}", *stats])
+    print_table(["output", "type", "min", "max", "mean"], rows)
     if args.output:
         arrays: dict[str, Any] = dict(zip(session.output_names, outputs, strict=False))
         np.savez(args.output, **arrays)
@@ -52,9 +69,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _graph_inputs(path: str) -> list:  # type: ignore[type-arg]
-    from opbridge.runtime._session import read_model_graph
-
-    model = read_model_graph(path)  # the graph only: no weights read
+    model = read_model(path)  # the graph only: no weights read
     initializers = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
 
@@ -70,12 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="shape of each input whose dims are symbolic (repeat per input)",
     )
     parser.add_argument("--inputs", help="an .npz file with an array per input name")
-    parser.add_argument(
-        "--library",
-        action="append",
-        default=[],
-        help="a C++ custom-op library to load (repeatable)",
-    )
+    add_library_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", help="save the outputs to this .npz file")
     parser.set_defaults(func=_run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from opbridge.cli._common import add_model_arguments, load_model
+from opbridge.cli._output import say
 
 __all__ = ["register"]
 
@@ -26,10 +27,10 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         f=args.output,
     )
-    print(report)
+    say(str(report))  # verify() shows its own progress
     if args.html:
         report.save_html(args.html)
-        print(f"report written to {args.html}")
+        say(f"report written to {args.html}")
     return 0 if report.passed else 1
 
 

@@ -15,6 +15,7 @@ import torch
 
 from opbridge._errors import ExportError, OpbridgeError
 from opbridge._model import EXTERNAL_DATA_THRESHOLD, initializer_nbytes
+from opbridge._quiet import torch_noise_filtered
 from opbridge._registry import REGISTRY
 from opbridge.declaration._adopt import (
     FALLBACK_DOMAIN,
@@ -62,6 +63,7 @@ def _unwrap(error: BaseException) -> OpbridgeError | None:
     return None
 
 
+@torch_noise_filtered()
 def export(
     model: torch.nn.Module | torch.export.ExportedProgram,
     args: Any,

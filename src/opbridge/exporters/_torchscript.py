@@ -12,7 +12,6 @@ import io
 import itertools
 import os
 import re
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -267,15 +266,15 @@ def export_torchscript(
     mutating = _mutating_ops(table)
     # Only watched when such an op is declared: the mode costs every traced call.
     recorder = _MutationRecorder(mutating) if mutating else contextlib.nullcontext()
-    # The legacy exporter prints its whole graph on failure; the error says enough.
+    # The legacy exporter prints its whole graph on failure; the error says enough. Its
+    # deprecation warnings are filtered around export() (opbridge._quiet); the user's
+    # own warnings, and the tracer's about the user's code, still show.
     with (
         _symbolics(table, opset),
         _quiet_onnx_log(),
-        warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
         recorder,
     ):
-        warnings.simplefilter("ignore")  # the legacy exporter is deprecated, loudly
         torch.onnx.export(
             model,
             settings.args,

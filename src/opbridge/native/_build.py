@@ -32,8 +32,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
+
+from opbridge._progress import progress
 
 from . import _headers
 
@@ -56,7 +57,6 @@ _VERSION_SCRIPT = "{ global: RegisterCustomOps; local: *; };\n"
 # A diagnostic line worth a one-line summary: "file:line:col: error: ..." or a link error.
 _ERROR_LINE = re.compile(r"(\berror\b|undefined reference)", re.IGNORECASE)
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")  # whole name: fullmatch
-_PROGRESS_AFTER_S = 1.0
 _INCLUDE_DIR = pathlib.Path(__file__).resolve().parent / "include"
 
 
@@ -349,32 +349,6 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         raise
 
 
-class _Progress:
-    """Prints "opbridge: building NAME ... done in Xs" when a build takes over a second."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._start = time.monotonic()
-        self._shown = False
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(_PROGRESS_AFTER_S, self._show)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _show(self) -> None:
-        with self._lock:
-            self._shown = True
-            print(f"opbridge: building {self._name} ...", end="", file=sys.stderr, flush=True)
-
-    def finish(self, ok: bool) -> None:
-        self._timer.cancel()
-        with self._lock:
-            if self._shown:
-                status = "done" if ok else "failed"
-                elapsed = time.monotonic() - self._start
-                print(f" {status} in {elapsed:.1f}s", file=sys.stderr, flush=True)
-
-
 def _run(cmd: list[str], name: str, verbose: bool) -> None:
     if verbose:
         print("opbridge: " + shlex.join(cmd), file=sys.stderr, flush=True)
@@ -424,9 +398,8 @@ def _compile(
     ldflags: list[str],
     verbose: bool,
 ) -> pathlib.Path:
-    progress = _Progress(name)
-    ok = False
-    try:
+    # Shown only when the build takes over a second (a spinner on a terminal).
+    with progress(f"building {name}"):
         with tempfile.TemporaryDirectory(prefix=".tmp-", dir=entry) as tmp_dir:
             tmp = pathlib.Path(tmp_dir)
             objects = []
@@ -469,7 +442,4 @@ def _compile(
                 "library_sha256": hashlib.sha256(final.read_bytes()).hexdigest(),
             }
             _atomic_write(entry / "manifest.json", json.dumps(manifest, indent=1).encode())
-        ok = True
         return final
-    finally:
-        progress.finish(ok)

@@ -121,7 +121,10 @@ def ort_include_dir() -> pathlib.Path:
             os.rename(target, aside)
         shutil.rmtree(aside, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="opbridge-npm-") as download_dir:
+    with (
+        _progress(f"fetching ONNX Runtime headers ({_NPM_PACKAGE}@{_NPM_VERSION}, about 150 MB)"),
+        tempfile.TemporaryDirectory(prefix="opbridge-npm-") as download_dir,
+    ):
         tarball = _npm_pack(pathlib.Path(download_dir))
         _check_integrity(tarball)
         # Extract next to the target so the final rename stays on one filesystem.
@@ -150,6 +153,15 @@ def _digests(path: pathlib.Path) -> dict[str, str]:
         for f in sorted(path.iterdir())
         if f.is_file() and f.name != _DIGESTS
     }
+
+
+def _progress(message: str) -> contextlib.AbstractContextManager[None]:
+    # setup.py loads this file alone, before opbridge is importable: no progress then.
+    try:
+        from opbridge._progress import progress
+    except ImportError:
+        return contextlib.nullcontext()
+    return progress(message)
 
 
 def _is_complete(path: pathlib.Path) -> bool:

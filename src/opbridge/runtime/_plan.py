@@ -84,20 +84,14 @@ def custom_nodes(model: ModelLike) -> dict[str, list[ir.Node]]:
     return _custom_nodes(_as_ir(model))
 
 
-def _shipped_native_ops() -> dict[str, Path]:
-    """The ops of opbridge's shipped native library, if it can be had."""
-    try:
-        from opbridge import native
-    except ImportError:
-        return {}
-    ops = getattr(native, "SHIPPED_OPS", ())
-    if not ops:
-        return {}
-    try:
-        path = Path(native.library_path())
-    except Exception:  # no compiler here: those ops are simply not available natively
-        return {}
-    return {op: path for op in ops}
+def _shipped_ops_in(libraries: Sequence[Path]) -> dict[str, Path]:
+    """The ops of opbridge's shipped native library, when the caller passed it."""
+    from opbridge.native import SHIPPED_OPS, is_shipped_library
+
+    for library in libraries:
+        if is_shipped_library(library):
+            return {op: library for op in SHIPPED_OPS}
+    return {}
 
 
 def _io_types(nodes: list[ir.Node]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -134,7 +128,9 @@ def plan_kernels(
     """Finds a kernel for every custom node of ``model`` (every declared op if ``None``).
 
     A declared op's own native library wins, then its Python or torch kernel, then
-    opbridge's shipped native kernels.
+    the libraries passed in ``libraries``. opbridge's shipped kernels serve the seeds'
+    ops only when their library is among them (``libraries=[opbridge.library_path()]``):
+    a node is never bound to them silently.
 
     Raises:
         SessionError: A node has no kernel anywhere; names the op and the fix.
@@ -154,7 +150,7 @@ def plan_kernels(
     specs: list[KernelSpec] = []
     libs: list[Path] = list(user_libraries)
     io_types: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    shipped: dict[str, Path] | None = None
+    shipped = _shipped_ops_in(user_libraries)
     for key, nodes in sorted(needed.items()):
         domain, op_type = key.split("::", 1)
         declared = REGISTRY.ops_for_node(domain, op_type)
@@ -171,12 +167,8 @@ def plan_kernels(
                 specs.append(spec)
                 sources[key] = KernelSource(key, "python", spec.origin)
             continue
-        if shipped is None:
-            shipped = _shipped_native_ops()
         if key in shipped:
             sources[key] = KernelSource(key, "native", str(shipped[key]))
-            if shipped[key] not in libs:
-                libs.append(shipped[key])
         elif user_libraries:
             sources[key] = KernelSource(key, "user-library", ", ".join(map(str, user_libraries)))
         else:
@@ -195,4 +187,17 @@ def missing_kernel_message(plan: KernelPlan) -> str:
         f"@opbridge.custom_op('ns::name', domain='{domain}', op_type='{op_type}') on its "
         f"implementation; either way the torch implementation becomes the kernel. Or pass the "
         f"C++ library that implements it: opbridge.Session(model, libraries=['libmyops.so'])."
+        + _shipped_hint(ops)
+    )
+
+
+def _shipped_hint(ops: Sequence[str]) -> str:
+    from opbridge.native import SHIPPED_OPS
+
+    seeds = [op for op in ops if op in SHIPPED_OPS]
+    if not seeds:
+        return ""
+    return (
+        f" opbridge ships C++ kernels for {', '.join(seeds)}, used only when asked: "
+        "opbridge.Session(model, libraries=[opbridge.library_path()])."
     )

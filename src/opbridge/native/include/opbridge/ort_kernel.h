@@ -25,6 +25,8 @@
 // A kernel that needs node attributes is a struct with a constructor
 // `K(const OrtApi* api, const OrtKernelInfo* info)` and a member
 // `Ort::Status Compute(...)` (or `void Compute(...)`), registered with `ops.Add<K>(...)`.
+// The constructor reads attributes with `opbridge::Attribute<T>(info, "name", fallback)`
+// (T: float, int64_t, std::string, std::vector<float>, std::vector<int64_t>).
 //
 // What the header supplies:
 //   * `RegisterCustomOps` (the only exported symbol; build with -fvisibility=hidden).
@@ -135,6 +137,159 @@ void ParallelFor(OrtKernelContext* context, size_t total, Fn&& fn) {
   };
   Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(context, trampoline, total, 0, &shared));
   if (shared.error) std::rethrow_exception(shared.error);
+}
+
+namespace detail {
+
+// Takes ownership of an OrtStatus: true when it was OK (null).
+inline bool Succeeded(OrtStatus* status) {
+  if (status == nullptr) return true;
+  Ort::GetApi().ReleaseStatus(status);
+  return false;
+}
+
+// The ONNX type of attribute `name` ("float", "int", "string", "floats", "ints", or
+// "list" for an empty list), or "" when the node has no such attribute. Probing by type
+// keeps "absent" and "wrong type" apart without depending on ONNX Runtime's error texts.
+// (ONNX Runtime reads a list attribute of the other element type as an empty list.)
+inline std::string AttributeKind(const OrtKernelInfo* info, const char* name) {
+  const OrtApi& api = Ort::GetApi();
+  float f = 0.0f;
+  int64_t i = 0;
+  size_t size = 0;
+  if (Succeeded(api.KernelInfoGetAttribute_float(info, name, &f))) return "float";
+  if (Succeeded(api.KernelInfoGetAttribute_int64(info, name, &i))) return "int";
+  if (Succeeded(api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) return "string";
+  size_t floats = 0;
+  size_t ints = 0;
+  const bool has_floats =
+      Succeeded(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &floats));
+  const bool has_ints = Succeeded(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &ints));
+  if (has_floats && floats > 0) return "floats";
+  if (has_ints && ints > 0) return "ints";
+  return has_floats || has_ints ? "list" : "";
+}
+
+template <typename T>
+struct AttributeTraits;  // float, int64_t, std::string, std::vector<float>, std::vector<int64_t>
+
+template <>
+struct AttributeTraits<float> {
+  static constexpr const char* kKind = "float";
+  static bool Read(const OrtKernelInfo* info, const char* name, float& out) {
+    return Succeeded(Ort::GetApi().KernelInfoGetAttribute_float(info, name, &out));
+  }
+};
+
+template <>
+struct AttributeTraits<int64_t> {
+  static constexpr const char* kKind = "int";
+  static bool Read(const OrtKernelInfo* info, const char* name, int64_t& out) {
+    return Succeeded(Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &out));
+  }
+};
+
+template <>
+struct AttributeTraits<std::string> {
+  static constexpr const char* kKind = "string";
+  static bool Read(const OrtKernelInfo* info, const char* name, std::string& out) {
+    const OrtApi& api = Ort::GetApi();
+    size_t size = 0;  // includes the terminating NUL
+    if (!Succeeded(api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) return false;
+    std::string value(size, '\0');
+    Ort::ThrowOnError(api.KernelInfoGetAttribute_string(info, name, value.data(), &size));
+    value.resize(size > 0 ? size - 1 : 0);
+    out = std::move(value);
+    return true;
+  }
+};
+
+// Reads an array attribute with one of the C API's KernelInfoGetAttributeArray_* calls.
+template <typename E, typename Get>
+bool ReadArray(const OrtKernelInfo* info, const char* name, std::vector<E>& out, Get get) {
+  size_t size = 0;
+  if (!Succeeded(get(info, name, nullptr, &size))) return false;
+  std::vector<E> values(size);
+  if (size > 0) Ort::ThrowOnError(get(info, name, values.data(), &size));
+  out = std::move(values);
+  return true;
+}
+
+template <>
+struct AttributeTraits<std::vector<float>> {
+  static constexpr const char* kKind = "floats";
+  static bool Read(const OrtKernelInfo* info, const char* name, std::vector<float>& out) {
+    return ReadArray(info, name, out, Ort::GetApi().KernelInfoGetAttributeArray_float);
+  }
+};
+
+template <>
+struct AttributeTraits<std::vector<int64_t>> {
+  static constexpr const char* kKind = "ints";
+  static bool Read(const OrtKernelInfo* info, const char* name, std::vector<int64_t>& out) {
+    return ReadArray(info, name, out, Ort::GetApi().KernelInfoGetAttributeArray_int64);
+  }
+};
+
+template <typename T>
+struct IsVector : std::false_type {};
+template <typename E>
+struct IsVector<std::vector<E>> : std::true_type {};
+
+template <typename T>
+bool ReadAttribute(const OrtKernelInfo* info, const char* name, T& out) {
+  using Traits = AttributeTraits<T>;
+  if (Traits::Read(info, name, out)) {
+    if constexpr (IsVector<T>::value) {
+      // An empty result may be a non-empty list of the other element type.
+      if (out.empty()) {
+        const std::string kind = AttributeKind(info, name);
+        if (kind != Traits::kKind && kind != "list") {
+          Fail(ORT_INVALID_ARGUMENT, "attribute '", name, "' must be of type ", Traits::kKind,
+               ", the node has a ", kind);
+        }
+      }
+    }
+    return true;
+  }
+  const std::string kind = AttributeKind(info, name);
+  if (!kind.empty()) {
+    Fail(ORT_INVALID_ARGUMENT, "attribute '", name, "' must be of type ", Traits::kKind,
+         ", the node has a ", kind);
+  }
+  return false;
+}
+
+}  // namespace detail
+
+/// Reads node attribute `name` in a kernel struct's constructor; `fallback` when absent.
+///
+/// T is `float`, `int64_t`, `std::string`, `std::vector<float>` or `std::vector<int64_t>`
+/// (ONNX's float, int, string, floats, ints). An attribute of another type is an error
+/// naming the attribute and both types, never a silent default:
+///
+///   struct Scale {
+///     float factor;
+///     Scale(const OrtApi*, const OrtKernelInfo* info)
+///         : factor(opbridge::Attribute<float>(info, "factor", 1.0f)) {}
+///     ...
+///   };
+template <typename T>
+T Attribute(const OrtKernelInfo* info, const char* name, T fallback) {
+  T value;
+  if (detail::ReadAttribute(info, name, value)) return value;
+  return fallback;
+}
+
+/// Reads required node attribute `name`; its absence is an error naming it.
+template <typename T>
+T Attribute(const OrtKernelInfo* info, const char* name) {
+  T value;
+  if (!detail::ReadAttribute(info, name, value)) {
+    Fail(ORT_INVALID_ARGUMENT, "required attribute '", name, "' (",
+         detail::AttributeTraits<T>::kKind, ") is missing");
+  }
+  return value;
 }
 
 namespace detail {
