@@ -182,7 +182,9 @@ def _configure(
     return route
 
 
-def _typed_custom_outputs(proto: onnx.ModelProto, data: bytes) -> tuple[onnx.ModelProto, bytes]:
+def _typed_custom_outputs(
+    proto: onnx.ModelProto, data: bytes | str
+) -> tuple[onnx.ModelProto, bytes | str]:
     """Types the outputs of custom nodes that the model leaves untyped.
 
     ONNX Runtime cannot always infer the element type of a custom op's output (the
@@ -194,12 +196,21 @@ def _typed_custom_outputs(proto: onnx.ModelProto, data: bytes) -> tuple[onnx.Mod
     typed = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
     typed |= {i.name for i in graph.initializer}
     custom = {
-        n for nodes in _plan.custom_nodes(proto).values() for node in nodes for n in node.output
+        v.name
+        for nodes in _plan.custom_nodes(proto).values()
+        for node in nodes
+        for v in node.outputs
     }
     bare = {o.name for o in graph.output if not o.type.tensor_type.elem_type}
     untyped = {name for name in custom if name and (name not in typed or name in bare)}
     if not untyped:
         return proto, data
+    if isinstance(data, str):
+        # Only the graph was read. A model whose weights live beside it is left as it
+        # is (ONNX Runtime's own message follows); a self-contained one is read whole.
+        if has_external_data(proto):
+            return proto, data
+        proto = onnx.load(data)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto)
     except Exception:  # unknown ops elsewhere: ONNX Runtime's own message follows
