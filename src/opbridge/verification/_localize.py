@@ -25,6 +25,7 @@ PyTorch's side, per exporter:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import traceback
@@ -483,6 +484,9 @@ def localize(
     """
     from opbridge.runtime import Session
 
+    # Export types only what it wrote; comparing intermediate values needs them all.
+    with contextlib.suppress(Exception):
+        proto = onnx.shape_inference.infer_shapes(proto)
     model = ir.serde.deserialize_model(proto)  # a copy: the user's model is left alone
     graph = model.graph
     refs, origins = reference(graph)
