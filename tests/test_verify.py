@@ -314,7 +314,7 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from rich.console import Console
 
-    from opbridge.verification import _progress
+    from opbridge import _progress
 
     buffer = io.StringIO()
     real = Console

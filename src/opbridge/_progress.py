@@ -1,4 +1,7 @@
-"""Progress for work that takes seconds: builds, the header download, long exports.
+"""Progress on stderr: a spinner for work of unknown length, a bar for counted work.
+
+``progress`` serves builds, the header download and long exports; ``progress_bar``
+serves counted work (verifying many input sets, comparing intermediate values).
 
 On a terminal, a `rich` spinner with the elapsed time shows on stderr while the work
 runs and leaves one line saying how long it took. Elsewhere (logs, CI, captured
@@ -12,9 +15,9 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-__all__ = ["progress"]
+__all__ = ["progress", "progress_bar"]
 
 _QUIET_FOR_S = 1.0
 
@@ -67,3 +70,38 @@ def progress(message: str, *, quiet_for: float = _QUIET_FOR_S) -> Iterator[None]
                 else:
                     print(f" {outcome} in {elapsed:.1f}s", file=stream, flush=True)
             shown.set()  # a late timer shows nothing
+
+
+Update = Callable[[str, int, int], None]
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool | None = None) -> Iterator[Update | None]:
+    """Yields ``update(description, done, total)``, or ``None`` when nothing is shown.
+
+    Args:
+        enabled: ``None`` shows the bar only when stderr is a terminal.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    console = Console(stderr=True)
+    if enabled is False or (enabled is None and not console.is_terminal):
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def update(description: str, done: int, total: int) -> None:
+            task = tasks.get(description)
+            if task is None:
+                task = tasks[description] = progress.add_task(description, total=total)
+            progress.update(task, completed=done, total=total)
+
+        yield update

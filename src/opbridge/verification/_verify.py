@@ -14,6 +14,7 @@ import onnx
 import torch
 
 from opbridge._dtypes import as_numpy
+from opbridge._progress import progress_bar
 from opbridge.exporters import export
 from opbridge.runtime import Session
 from opbridge.verification._compare import compare_arrays, default_tolerances
@@ -27,7 +28,6 @@ from opbridge.verification._localize import (
 from opbridge.verification._localize import (
     localize as _localize,
 )
-from opbridge.verification._progress import progress_bar
 
 __all__ = [
     "InputSetResult",
