@@ -203,3 +203,14 @@ def test_export_is_quiet_but_keeps_the_users_warnings(models_file: Path, tmp_pat
     assert done.returncode == 0, done.stderr
     assert "torchvision" not in done.stderr and "LeafSpec" not in done.stderr
     assert "the user's own warning" in done.stderr
+
+
+def test_demo_skips_a_scenario_this_machine_cannot_build_and_says_why(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The adopted C++ op is the user's own extension: torch needs a compiler to build it.
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert main(["demo", "--only", "adopted_cpp_op"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped: building a torch C++ extension needs a C++ compiler" in out
+    assert "demo: 0 passed, 0 failed, 2 skipped" in out

@@ -19,7 +19,7 @@ def _run(args: argparse.Namespace) -> int:
         names = ", ".join(s.name for s in SCENARIOS)
         error("demo", f"no scenario named {', '.join(args.only)}; choose from {names}")
         return 2
-    passed = failed = 0
+    passed = failed = skipped = 0
     total = len(chosen) * len(exporters)
     for i, scenario in enumerate(chosen):
         for j, exporter in enumerate(exporters):
@@ -31,7 +31,10 @@ def _run(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             result = run_scenario(scenario, exporter)
             took = time.perf_counter() - start
-            if result.passed:
+            if result.skipped:
+                skipped += 1
+                say(f"    skipped: {result.skipped}")
+            elif result.passed:
                 passed += 1
                 assert result.report is not None
                 say(*("    " + line for line in str(result.report).splitlines()))
@@ -40,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
                 failed += 1
                 detail = result.error or str(result.report)
                 say(f"    FAILED in {took:.2f}s: {detail}")
-    say(f"demo: {passed} passed, {failed} failed")
+    say(f"demo: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
     return 0 if failed == 0 else 1
 
 

@@ -9,6 +9,9 @@ compiled extension (torchvision, your own). It is loaded once per process.
 from __future__ import annotations
 
 import functools
+import os
+import shlex
+import shutil
 from typing import Any
 
 import onnx
@@ -46,6 +49,24 @@ TORCH_LIBRARY_IMPL(opbridge_demo_cpp, Meta, m) {
   m.impl("scaled_softplus", &scaled_softplus_meta);
 }
 """
+
+
+def cpp_toolchain_missing() -> str | None:
+    """Why torch cannot build the demo's C++ extension here, or ``None``.
+
+    The extension is the user's own code: building it needs what torch's
+    ``cpp_extension`` needs (a C++ compiler and ninja), unlike opbridge itself.
+    """
+    import torch.utils.cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(shlex.split(compiler)[0] if compiler.strip() else "c++") is None:
+        return f"building a torch C++ extension needs a C++ compiler ({compiler!r} is not on PATH)"
+    try:
+        torch.utils.cpp_extension.verify_ninja_availability()
+    except RuntimeError:
+        return "building a torch C++ extension needs ninja (pip install ninja)"
+    return None
 
 
 @functools.cache

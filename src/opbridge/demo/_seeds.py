@@ -33,6 +33,8 @@ class Scenario:
     seed: str
     description: str
     run: Callable[[str], opbridge.VerificationReport]
+    # Why this machine cannot run the scenario (e.g. no C++ toolchain), or None.
+    unavailable: Callable[[], str | None] | None = None
 
 
 @dataclasses.dataclass
@@ -41,6 +43,7 @@ class ScenarioResult:
     exporter: str
     report: opbridge.VerificationReport | None
     error: str | None = None
+    skipped: str | None = None  # why it did not run here
 
     @property
     def passed(self) -> bool:
@@ -310,7 +313,7 @@ def _existing_scenarios() -> list[Scenario]:
     return [
         Scenario(
             "adopted_cpp_op", "-", "C++ extension op adopted -> mydomain::ScaledSoftplus",
-            _existing.adopted_cpp_op,
+            _existing.adopted_cpp_op, _existing.cpp_toolchain_missing,
         ),
         Scenario(
             "torch_fallback", "-", "linalg_cholesky, erfinv, kthvalue with fallback='torch'",
@@ -324,6 +327,9 @@ SCENARIOS += _existing_scenarios()
 
 def run_scenario(scenario: Scenario, exporter: str) -> ScenarioResult:
     """Runs one scenario; failures are captured, not raised."""
+    reason = scenario.unavailable() if scenario.unavailable else None
+    if reason:
+        return ScenarioResult(scenario, exporter, None, skipped=reason)
     try:
         return ScenarioResult(scenario, exporter, scenario.run(exporter))
     except Exception as e:
