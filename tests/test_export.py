@@ -83,7 +83,8 @@ def test_multiple_outputs_and_optional_input(ns: str, exporter: str) -> None:
     torch.testing.assert_close(b, eb)
 
 
-def test_custom_opsets_sets_and_checks_versions(ns: str) -> None:
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_custom_opsets_sets_and_checks_versions(ns: str, exporter: str) -> None:
     @opbridge.custom_op(f"{ns}::v3", domain="versioned", version=3)
     def v3(x: Tensor) -> Tensor:
         return x + 1
@@ -93,10 +94,12 @@ def test_custom_opsets_sets_and_checks_versions(ns: str) -> None:
             return v3(x)
 
     x = torch.randn(2)
-    model = opbridge.export(M(), (x,), custom_opsets={"versioned": 7})
+    model = opbridge.export(M(), (x,), exporter=exporter, custom_opsets={"versioned": 7})
     assert {o.domain: o.version for o in model.opset_import}["versioned"] == 7
+    model = opbridge.export(M(), (x,), exporter=exporter)
+    assert {o.domain: o.version for o in model.opset_import}["versioned"] == 3
     with pytest.raises(ExportError, match="versioned version 2.*need version 3"):
-        opbridge.export(M(), (x,), custom_opsets={"versioned": 2})
+        opbridge.export(M(), (x,), exporter=exporter, custom_opsets={"versioned": 2})
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -40,6 +40,11 @@ class Lowering:
             this domain named after ``fn`` instead of being inlined.
         contrib: Used only when the export asks for ``contrib_ops=True``.
         shipped: Shipped by opbridge; a user's lowering for the same target wins.
+        node: ``(domain, op_type, version)`` when ``fn`` writes exactly one node of
+            that type, with the op's arguments bound as
+            :func:`~opbridge.declaration._signature.node_arguments` binds them (a
+            declared op without a lowering of its own). An exporter may then write
+            that node itself instead of a placeholder.
     """
 
     target: str
@@ -47,6 +52,7 @@ class Lowering:
     function_domain: str | None = None
     contrib: bool = False
     shipped: bool = False
+    node: tuple[str, str, int] | None = None
 
     @property
     def name(self) -> str:

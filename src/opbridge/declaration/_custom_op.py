@@ -242,7 +242,11 @@ class CustomOpDef:
         """How this op is exported: its registered lowering, else one ``domain::op_type`` node."""
         if self._lowering is not None:
             return self._lowering
-        return Lowering(target=self.qualified_name, fn=self._single_node)
+        return Lowering(
+            target=self.qualified_name,
+            fn=self._single_node,
+            node=(self.domain, self.op_type, self.version),
+        )
 
     def _single_node(self, op: Any, *args: Any, **kwargs: Any) -> Any:
         bound = _bind(self._layout, args, kwargs)

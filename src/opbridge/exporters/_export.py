@@ -32,8 +32,8 @@ from opbridge.exporters._fallback import (
     unwritable_message,
 )
 from opbridge.exporters._settings import ExportSettings
-from opbridge.exporters._torchscript import export_torchscript, restore_names
-from opbridge.lowering._expand import PlaceholderTable, expand
+from opbridge.exporters._torchscript import TorchScriptOutput, export_torchscript, restore_names
+from opbridge.lowering._expand import PlaceholderTable, check_requested_opsets, expand
 
 __all__ = ["export"]
 
@@ -143,9 +143,23 @@ def export(
         else:
             spill = os.path.join(workdir, "model.onnx")
         try:
-            model_ir, table = _export_ir(
-                model, exporter, settings, spill, contrib_ops=contrib_ops, fallback=fallback
-            )
+            exported, table = _export_ir(
+                model, exporter, settings, spill,
+                contrib_ops=contrib_ops, fallback=fallback, custom_opsets=custom_opsets,
+            )  # fmt: skip
+            if isinstance(exported, TorchScriptOutput):
+                used: dict[str, int] = {}
+                for pending in exported.direct.values():
+                    domain, _, version = pending.single_node  # type: ignore[misc]
+                    used[domain] = max(version, used.get(domain, 1))
+                check_requested_opsets(used, custom_opsets or {})
+                if exported.final:
+                    saved = _save_as_written(exported, f, external_data)
+                    if saved is not None:
+                        return saved
+                model_ir = exported.to_ir()
+            else:
+                model_ir = exported
             expand(model_ir, table, custom_opsets=custom_opsets)
             if exporter == "torchscript":
                 restore_names(model_ir)
@@ -164,8 +178,12 @@ def _export_ir(
     *,
     contrib_ops: bool,
     fallback: Fallback | None,
-) -> tuple[ir.Model, PlaceholderTable]:
+    custom_opsets: Mapping[str, int] | None,
+) -> tuple[ir.Model | TorchScriptOutput, PlaceholderTable]:
     """Runs torch's exporter; the model it returns holds placeholders.
+
+    The dynamo exporter's is its onnx-ir model; the TorchScript exporter's is left
+    as torch wrote it, to be read into onnx-ir only when something is left to expand.
 
     Ops that nothing can write are collected (the dynamo program is read once; the
     TorchScript exporter names one per failed export) so that the error lists every
@@ -173,6 +191,7 @@ def _export_ir(
     torch kernel and the export runs again.
     """
     program: torch.export.ExportedProgram | None = None
+    exported: ir.Model | TorchScriptOutput
     found: dict[str, Unwritable] = {}  # ops nothing writes, found so far
     for _ in range(_MAX_ROUNDS):
         table = PlaceholderTable(
@@ -199,12 +218,12 @@ def _export_ir(
                         unwritable_message(list(found.values()), exporter, complete=False)
                     )
                 # The program already carries the dynamic shapes.
-                model_ir = export_dynamo(
+                exported = export_dynamo(
                     program, table, dataclasses.replace(settings, dynamic_shapes=None)
                 )
-                _check_written_opset(model_ir, settings.opset_version)
+                _check_written_opset(exported, settings.opset_version)
             else:
-                model_ir = export_torchscript(model, table, settings, spill)
+                exported = export_torchscript(model, table, settings, spill, custom_opsets)
         except OpbridgeError:
             raise
         except Exception as e:
@@ -237,7 +256,35 @@ def _export_ir(
         raise ExportError(unwritable_message(list(found.values()), exporter, complete=False))
     if found and fallback is None:
         raise ExportError(unwritable_message(list(found.values()), exporter, complete=True))
-    return model_ir, table
+    return exported, table
+
+
+def _save_as_written(
+    output: TorchScriptOutput,
+    f: str | os.PathLike[str] | IO[bytes] | None,
+    external_data: bool | None,
+) -> onnx.ModelProto | None:
+    """Saves torch's own model as it is; ``None`` when :func:`_save` must write it.
+
+    The model is never parsed and serialized again on the way (only parsed once,
+    for the returned proto), so this costs what ``torch.onnx.export`` costs.
+    """
+    is_path = isinstance(f, (str, os.PathLike))
+    if output.path is not None:  # the weights already lie beside the destination
+        if external_data is False or not is_path:
+            return None  # refused by _save, with the reason
+        path = os.fspath(f)  # type: ignore[arg-type]
+        os.replace(output.path, path)
+        return onnx.load(path, load_external_data=False)
+    if external_data:
+        return None
+    assert output.data is not None
+    if is_path:
+        with open(os.fspath(f), "wb") as out:  # type: ignore[arg-type]
+            out.write(output.data)
+    elif f is not None:
+        f.write(output.data)  # type: ignore[union-attr]
+    return onnx.load_from_string(output.data)
 
 
 def _save(

@@ -8,11 +8,12 @@ expansion pass.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import onnx
@@ -23,16 +24,22 @@ from torch.overrides import TorchFunctionMode
 
 from opbridge._errors import ExportError
 from opbridge._model import EXTERNAL_DATA_THRESHOLD
+from opbridge.declaration._signature import node_arguments
 from opbridge.exporters._settings import ExportSettings
-from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, PlaceholderTable
+from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, Pending, PlaceholderTable
 
-__all__ = ["export_torchscript"]
+__all__ = ["TorchScriptOutput", "export_torchscript", "restore_names"]
 
 _SCHEMA_NAME = re.compile(r"^([\w:]+)(?:\.(\w+))?\(")
 
 
 def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch._C.Value) and isinstance(value.type(), torch._C.TensorType)
+
+
+def _has_dtype(value: Any) -> bool:
+    kind = value.type()
+    return isinstance(kind, torch._C.TensorType) and kind.scalarType() is not None
 
 
 def _is_constant(value: Any) -> bool:
@@ -99,7 +106,17 @@ def _constant(value: Any, param: Any, op_name: str) -> Any:
     return result
 
 
-def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> Any:
+class _Written:
+    """What the symbolics wrote during one export."""
+
+    def __init__(self) -> None:
+        self.placeholders = False
+        self.direct: dict[str, Pending] = {}  # ops written as their own node, by overload
+
+
+def _symbolic(
+    table: PlaceholderTable, builtin: dict[str, Any], packet: str, written: _Written
+) -> Any:
     def symbolic(g: Any, *args: Any) -> Any:
         overload = _overload_of(g.original_node, args, table)
         pending = table.by_overload.get(overload)
@@ -112,34 +129,40 @@ def _symbolic(table: PlaceholderTable, builtin: dict[str, Any], packet: str) -> 
                 )
             return fallback(g, *args)
         layout = pending.layout
-        inputs: list[Any] = []
-        attrs: dict[str, Any] = {}
+        arguments: dict[str, Any] = {}
         for p, arg in zip(layout.params, args, strict=False):
-            if p.kind == "input":
-                if p.variadic:
-                    inputs.extend(symbolic_helper._unpack_list(arg))
-                elif symbolic_helper._is_none(arg):
-                    inputs.append(None)
-                else:
-                    inputs.append(arg)
-            else:
-                value = _constant(arg, p, overload)
-                if value is not None:
-                    suffix = p.attr_kind.torchscript[0]  # type: ignore[union-attr]
-                    attrs[f"{p.name}_{suffix}"] = p.to_onnx(value)
+            if p.kind == "attribute":
+                arguments[p.name] = _constant(arg, p, overload)
+            elif p.variadic:
+                arguments[p.name] = symbolic_helper._unpack_list(arg)
+            elif not symbolic_helper._is_none(arg):
+                arguments[p.name] = arg
+        inputs, values = node_arguments(layout, arguments)
         _refuse_complex(overload, layout, inputs)
-        while inputs and inputs[-1] is None:
-            inputs.pop()
         if any(i is None for i in inputs):
             raise ExportError(
                 f"{overload}: an absent optional tensor before a present one is not supported "
                 f"by the TorchScript exporter; use exporter='dynamo'."
             )
-        outputs = g.op(
-            f"{PLACEHOLDER_DOMAIN}::{pending.key}", *inputs, outputs=layout.num_outputs, **attrs
-        )
+        attrs = {
+            f"{p.name}_{p.attr_kind.torchscript[0]}": values[p.name]  # type: ignore[union-attr]
+            for p in layout.attributes
+            if p.name in values
+        }
+        # A declared op without a lowering is its own node: written here, nothing is
+        # left for expansion (which would read the whole model into onnx-ir). Unless
+        # torch does not know its output types (in a scripted loop): expansion infers them.
+        node = pending.single_node
+        originals = list(g.original_node.outputs())
+        if node is not None and all(_has_dtype(o) for o in originals):
+            written.direct[overload] = pending
+            kind = f"{node[0]}::{node[1]}"
+        else:
+            written.placeholders = True
+            kind = f"{PLACEHOLDER_DOMAIN}::{pending.key}"
+        outputs = g.op(kind, *inputs, outputs=layout.num_outputs, **attrs)
         results = outputs if isinstance(outputs, (tuple, list)) else [outputs]
-        for result, original in zip(results, g.original_node.outputs(), strict=False):
+        for result, original in zip(results, originals, strict=False):
             result.setType(original.type())
         return outputs if layout.num_outputs > 1 else results[0]
 
@@ -160,7 +183,7 @@ def _refuse_complex(overload: str, layout: Any, inputs: list[Any]) -> None:
 
 
 @contextlib.contextmanager
-def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
+def _symbolics(table: PlaceholderTable, opset_version: int, written: _Written) -> Iterator[None]:
     """Registers a placeholder symbolic per lowered packet; torch's registry as it was after.
 
     ``unregister_custom_op_symbolic`` drops every override and leaves an empty group
@@ -183,7 +206,7 @@ def _symbolics(table: PlaceholderTable, opset_version: int) -> Iterator[None]:
     try:
         for packet in packets:
             torch.onnx.register_custom_op_symbolic(
-                packet, _symbolic(table, builtin, packet), opset_version
+                packet, _symbolic(table, builtin, packet, written), opset_version
             )
         yield
     finally:
@@ -248,29 +271,101 @@ def _quiet_onnx_log() -> Iterator[None]:
         utils.setup_onnx_logging = original
 
 
-def export_torchscript(
-    model: Any, table: PlaceholderTable, settings: ExportSettings, spill: str
-) -> ir.Model:
-    """Exports with ``dynamo=False``; placeholders stand for every lowered op.
+class _Capture:
+    """A write-only file that keeps the bytes torch writes to it, uncopied."""
 
-    A model whose weights fit a protobuf is exported in memory and read into
-    onnx-ir without copying its tensors; a bigger one is written to ``spill`` with
-    its weights beside it, one file per tensor (as torch does for a file path), and
-    loaded lazily from there: the weights stay on disk and are never copied when
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> int:
+        self.data = data if not self.data else self.data + data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class TorchScriptOutput:
+    """The legacy exporter's model, as torch wrote it.
+
+    Attributes:
+        data: The serialized model, when it was exported in memory.
+        path: The model file torch wrote, with its weights beside it, one file per
+            tensor, when the weights were too big for memory.
+        placeholders: Whether it holds placeholder nodes, left for expansion.
+        direct: The ops written as their own ``domain::op_type`` node, by overload.
+    """
+
+    data: bytes | None
+    path: str | None
+    placeholders: bool
+    direct: dict[str, Pending]
+
+    @property
+    def final(self) -> bool:
+        """Whether torch's model is opbridge's as it is: nothing left to expand."""
+        return not self.placeholders
+
+    def to_ir(self) -> ir.Model:
+        """Reads the model into onnx-ir without copying its tensors.
+
+        A spilled model's weights stay in their files, memory-mapped by onnx-ir.
+        """
+        if self.path is not None:
+            proto = onnx.load(self.path, load_external_data=False)
+        else:
+            assert self.data is not None
+            proto = onnx.load_from_string(self.data)
+        _drop_incomplete_types(proto.graph)
+        model = ir.serde.deserialize_model(proto)
+        if self.path is not None:
+            ir.external_data.set_base_dir(model.graph, os.path.dirname(self.path))
+        return model
+
+
+def export_torchscript(
+    model: Any,
+    table: PlaceholderTable,
+    settings: ExportSettings,
+    spill: str,
+    custom_opsets: Mapping[str, int] | None = None,
+) -> TorchScriptOutput:
+    """Exports with ``dynamo=False``.
+
+    A declared op without a lowering is written as its own node; every other
+    lowered op as a placeholder for expansion. A model whose weights fit a
+    protobuf is exported in memory; a bigger one is written to ``spill`` with its
+    weights beside it (as torch does for a file path): they are never copied when
     ``spill`` is in the directory the model is saved to.
+
+    Args:
+        model: The module.
+        table: The ops to write as placeholders or as their own node.
+        settings: Example inputs, names, opset and dynamic shapes.
+        spill: Where a model too big for memory is written.
+        custom_opsets: The user's versions of custom domains; a directly written
+            op's domain otherwise gets the op's version.
     """
     opset = settings.opset_version or 20
     dynamic_axes = _dynamic_axes(settings.dynamic_shapes, settings.input_names)
     big = _weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
-    target: Any = spill if big else io.BytesIO()
+    target: Any = spill if big else _Capture()
+    versions: dict[str, int] = {}
+    for pending in table.entries.values():
+        node = pending.single_node
+        if node is not None:
+            versions[node[0]] = max(node[2], versions.get(node[0], 1))
+    versions.update(custom_opsets or {})
     mutating = _mutating_ops(table)
     # Only watched when such an op is declared: the mode costs every traced call.
     recorder = _MutationRecorder(mutating) if mutating else contextlib.nullcontext()
+    written = _Written()
     # The legacy exporter prints its whole graph on failure; the error says enough. Its
     # deprecation warnings are filtered around export() (opbridge._quiet); the user's
     # own warnings, and the tracer's about the user's code, still show.
     with (
-        _symbolics(table, opset),
+        _symbolics(table, opset, written),
         _quiet_onnx_log(),
         contextlib.redirect_stdout(io.StringIO()),
         recorder,
@@ -285,6 +380,7 @@ def export_torchscript(
             input_names=settings.input_names,
             output_names=settings.output_names,
             dynamic_axes=dynamic_axes,
+            custom_opsets=versions,
         )
     if isinstance(recorder, _MutationRecorder) and recorder.seen:
         ops = ", ".join(recorder.seen.values())
@@ -294,16 +390,12 @@ def export_torchscript(
             f"without a trace (the model would compute something else). Declare a functional "
             f"op that returns the new value instead."
         )
-    if big:  # the weights stay in their files, memory-mapped by onnx-ir
-        proto = onnx.load(target, load_external_data=False)
-    else:
-        proto = onnx.load_from_string(target.getvalue())
-        target.close()
-    _drop_incomplete_types(proto.graph)
-    model_ir = ir.serde.deserialize_model(proto)
-    if big:
-        ir.external_data.set_base_dir(model_ir.graph, os.path.dirname(spill))
-    return model_ir
+    return TorchScriptOutput(
+        data=None if big else target.data,
+        path=spill if big else None,
+        placeholders=written.placeholders,
+        direct=written.direct,
+    )
 
 
 def _incomplete(type_proto: onnx.TypeProto) -> bool:

@@ -23,7 +23,7 @@ from opbridge.declaration._schema import fake_infer, make_schema, register_schem
 from opbridge.declaration._signature import OpLayout, call_arguments, layout_of
 from opbridge.lowering._builder import Builder, GraphContext, Value, flatten_outputs
 
-__all__ = ["PLACEHOLDER_DOMAIN", "PlaceholderTable", "expand"]
+__all__ = ["PLACEHOLDER_DOMAIN", "PlaceholderTable", "check_requested_opsets", "expand"]
 
 PLACEHOLDER_DOMAIN = "opbridge.lowering"
 
@@ -36,6 +36,15 @@ class Pending:
     overload: Any  # torch OpOverload
     layout: OpLayout
     lowering: Lowering
+    fallback: bool = False  # an ``opbridge.torch`` node for an op nothing else writes
+
+    @property
+    def single_node(self) -> tuple[str, str, int] | None:
+        """``(domain, op_type, version)`` of the one node an adapter may write itself.
+
+        Fallback ops are left to expansion, which records them in the model.
+        """
+        return None if self.fallback else self.lowering.node
 
 
 class PlaceholderTable:
@@ -57,7 +66,7 @@ class PlaceholderTable:
         for op in fallback:
             layout = op.layout
             key = f"L{next(counter)}_{layout.name.replace('::', '_').replace('.', '_')}"
-            pending = Pending(key, op.overload, layout, op.lowering())
+            pending = Pending(key, op.overload, layout, op.lowering(), fallback=True)
             self.entries[key] = pending
             self.by_overload[layout.name] = pending
         for target in registry.targets(contrib_ops=contrib_ops):
@@ -308,10 +317,8 @@ def _prune(values: list[ir.Value]) -> None:
             producer.graph.remove(producer, safe=True)
 
 
-def _set_opsets(model: ir.Model, used: dict[str, int], requested: Mapping[str, int]) -> None:
-    versions = {d: v for d, v in model.opset_imports.items() if d != PLACEHOLDER_DOMAIN}
-    for domain, needed in used.items():
-        versions[domain] = max(needed, versions.get(domain, 0)) if domain in versions else needed
+def check_requested_opsets(used: Mapping[str, int], requested: Mapping[str, int]) -> None:
+    """Refuses a ``custom_opsets`` version below what the model's ops of that domain need."""
     for domain, version in requested.items():
         if domain in used and version < used[domain]:
             needed = used[domain]
@@ -319,7 +326,14 @@ def _set_opsets(model: ir.Model, used: dict[str, int], requested: Mapping[str, i
                 f"custom_opsets asks for {domain} version {version}, but the model uses ops of "
                 f"{domain} that need version {needed}; ask for {needed} or higher."
             )
-        versions[domain] = version
+
+
+def _set_opsets(model: ir.Model, used: dict[str, int], requested: Mapping[str, int]) -> None:
+    versions = {d: v for d, v in model.opset_imports.items() if d != PLACEHOLDER_DOMAIN}
+    for domain, needed in used.items():
+        versions[domain] = max(needed, versions.get(domain, 0)) if domain in versions else needed
+    check_requested_opsets(used, requested)
+    versions.update(requested)
     model.opset_imports.clear()
     model.opset_imports.update(versions)
     if model.functions and model.ir_version < 10:
