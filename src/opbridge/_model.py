@@ -6,22 +6,27 @@
 * :func:`read_graph` reads a model file's graph without its weights, so that a
   session can plan kernels for a model of any size and let ONNX Runtime load the
   weights itself.
+* :class:`DetachedWeights` takes a serialized model's weights out and puts them
+  back at the wire level, so that a model read from bytes is edited and written
+  again without its weights being parsed or copied on the way.
 * :data:`EXTERNAL_DATA_THRESHOLD` is where ``opbridge.export`` starts writing weights
   beside the model file, as ``torch.onnx.export`` does.
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnx
 import onnx_ir as ir
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
+    "DetachedWeights",
     "all_nodes",
     "has_external_data",
     "initializer_nbytes",
@@ -120,14 +125,126 @@ def _tensor_metadata(buf: Any, start: int, end: int) -> bytes:
     return b"".join(parts)
 
 
-def _graph_without_weights(buf: Any, start: int, end: int) -> bytes:
+def _graph_without_weights(
+    buf: Any, start: int, end: int, weights: dict[str, _Field] | None = None
+) -> bytes:
+    """The graph's fields, its initializers reduced to their metadata.
+
+    With ``weights``, each initializer's field in ``buf`` is recorded by name.
+    """
     parts: list[bytes] = []
     for number, wire, fs, payload, fe in _fields(buf, start, end):
         if number == _GRAPH_INITIALIZER and wire == 2:
-            parts.append(_delimited(number, _tensor_metadata(buf, payload, fe)))
+            metadata = _tensor_metadata(buf, payload, fe)
+            parts.append(_delimited(number, metadata))
+            if weights is not None:
+                view = memoryview(buf)
+                name = onnx.TensorProto.FromString(metadata).name
+                weights[name] = _Field(view[fs:fe], view[payload:fe])
         else:
             parts.append(bytes(buf[fs:fe]))
     return b"".join(parts)
+
+
+def _model_without_weights(
+    buf: Any, size: int, weights: dict[str, _Field] | None = None
+) -> onnx.ModelProto:
+    parts: list[bytes] = []
+    for number, wire, fs, payload, fe in _fields(buf, 0, size):
+        if number == _MODEL_GRAPH and wire == 2:
+            parts.append(_delimited(number, _graph_without_weights(buf, payload, fe, weights)))
+        else:
+            parts.append(bytes(buf[fs:fe]))
+    return onnx.ModelProto.FromString(b"".join(parts))
+
+
+class _Field(NamedTuple):
+    whole: memoryview  # key, length and payload: what is written back
+    payload: memoryview  # the serialized TensorProto
+
+
+class DetachedWeights:
+    """A serialized model's weights, kept out of its onnx-ir model until it is written.
+
+    :meth:`read` parses the model without its main graph's initializer data; each
+    initializer reads its value from the original bytes only when asked
+    (``op.value_of``). :meth:`write` serializes the edited model without the
+    initializers it did not change and puts their original bytes back at the wire
+    level: the weights are never parsed, converted or serialized again.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._fields: dict[str, _Field] = {}
+        self._proto = _model_without_weights(data, len(data), self._fields)
+        self._lazy: dict[str, ir.LazyTensor] = {}
+        self._metadata: dict[str, Any] = {}
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        """The model without the data of its main graph's initializers."""
+        return self._proto
+
+    def read(self) -> ir.Model:
+        """The model in onnx-ir, its initializers read lazily from the original bytes."""
+        model = ir.serde.deserialize_model(self._proto)
+        for name, value in model.graph.initializers.items():
+            metadata, field = value.const_value, self._fields.get(name)
+            if metadata is None or field is None:
+                continue
+            lazy = ir.LazyTensor(
+                functools.partial(_parse_tensor, field.payload),
+                metadata.dtype,
+                ir.Shape(metadata.shape.numpy()),
+                name=name,
+            )
+            value.const_value = lazy
+            self._lazy[name] = lazy
+            self._metadata[name] = metadata
+        return model
+
+    def write(self, model: ir.Model) -> tuple[list[bytes | memoryview], onnx.ModelProto]:
+        """Serializes ``model`` (read with :meth:`read`) with the original weights.
+
+        Returns:
+            The parts of the serialized model, to be written one after the other,
+            and the model as a proto. Each holds the weights once; neither copies
+            the other's.
+        """
+        kept: list[tuple[ir.Value, str]] = []
+        for name, value in model.graph.initializers.items():
+            lazy = self._lazy.get(name)
+            if lazy is not None and value.const_value is lazy:
+                value.const_value = self._metadata[name]
+                kept.append((value, name))
+        try:
+            data = ir.serde.serialize_model(model).SerializeToString()
+        finally:
+            for value, name in kept:
+                value.const_value = self._lazy[name]
+        names = {name for _, name in kept}
+        parts: list[bytes | memoryview] = []
+        for number, wire, fs, payload, fe in _fields(data, 0, len(data)):
+            if number != _MODEL_GRAPH or wire != 2:
+                parts.append(data[fs:fe])
+                continue
+            graph: list[bytes | memoryview] = []
+            for inner, inner_wire, gs, gpayload, ge in _fields(data, payload, fe):
+                name = ""
+                if inner == _GRAPH_INITIALIZER and inner_wire == 2:
+                    name = onnx.TensorProto.FromString(_tensor_metadata(data, gpayload, ge)).name
+                graph.append(self._fields[name].whole if name in names else data[gs:ge])
+            length = sum(len(part) for part in graph)
+            parts.append(_encode_varint(_MODEL_GRAPH << 3 | 2) + _encode_varint(length))
+            parts.extend(graph)
+        proto = onnx.ModelProto.FromString(data)
+        for tensor in proto.graph.initializer:
+            if tensor.name in names:
+                tensor.ParseFromString(self._fields[tensor.name].payload)
+        return parts, proto
+
+
+def _parse_tensor(payload: memoryview) -> ir.TensorProtocol:
+    return ir.serde.TensorProtoTensor(onnx.TensorProto.FromString(payload))
 
 
 def read_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -143,10 +260,4 @@ def read_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
         if size == 0:
             return onnx.ModelProto()
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            parts: list[bytes] = []
-            for number, wire, fs, payload, fe in _fields(buf, 0, size):
-                if number == _MODEL_GRAPH and wire == 2:
-                    parts.append(_delimited(number, _graph_without_weights(buf, payload, fe)))
-                else:
-                    parts.append(bytes(buf[fs:fe]))
-    return onnx.ModelProto.FromString(b"".join(parts))
+            return _model_without_weights(buf, size)

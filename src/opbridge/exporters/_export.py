@@ -14,7 +14,7 @@ import onnx_ir as ir
 import torch
 
 from opbridge._errors import ExportError, OpbridgeError
-from opbridge._model import EXTERNAL_DATA_THRESHOLD, initializer_nbytes
+from opbridge._model import EXTERNAL_DATA_THRESHOLD, DetachedWeights, initializer_nbytes
 from opbridge._quiet import torch_noise_filtered
 from opbridge._registry import REGISTRY
 from opbridge.declaration._adopt import (
@@ -158,13 +158,14 @@ def export(
                     if saved is not None:
                         return saved
                 model_ir = exported.to_ir()
+                weights = exported.weights
             else:
-                model_ir = exported
+                model_ir, weights = exported, None
             expand(model_ir, table, custom_opsets=custom_opsets)
             if exporter == "torchscript":
                 restore_names(model_ir)
             _record_fallback(model_ir)
-            return _save(model_ir, f, external_data)
+            return _save(model_ir, f, external_data, weights)
         finally:
             if os.path.exists(spill):
                 os.remove(spill)
@@ -288,9 +289,16 @@ def _save_as_written(
 
 
 def _save(
-    model: ir.Model, f: str | os.PathLike[str] | IO[bytes] | None, external_data: bool | None
+    model: ir.Model,
+    f: str | os.PathLike[str] | IO[bytes] | None,
+    external_data: bool | None,
+    weights: DetachedWeights | None = None,
 ) -> onnx.ModelProto:
-    """Writes ``model`` to ``f`` and returns its proto, with external data when asked or big."""
+    """Writes ``model`` to ``f`` and returns its proto, with external data when asked or big.
+
+    ``weights``, when the model was read from bytes, puts the unchanged initializers'
+    original bytes back instead of serializing them again.
+    """
     is_path = isinstance(f, (str, os.PathLike))
     size = initializer_nbytes(model)
     if external_data is None:
@@ -313,12 +321,17 @@ def _save(
             f"The model's weights ({size / 2**30:.2f} GiB) do not fit in one protobuf (2 GB); "
             f"export to a path with external_data=None or True."
         )
-    proto = ir.serde.serialize_model(model)
-    if f is not None:
-        if hasattr(f, "write"):
-            f.write(proto.SerializeToString())  # type: ignore[union-attr]
-        else:
-            onnx.save(proto, os.fspath(f))  # type: ignore[arg-type]
+    if weights is None:
+        proto = ir.serde.serialize_model(model)
+        parts: list[bytes | memoryview] = [proto.SerializeToString()] if f is not None else []
+    else:
+        parts, proto = weights.write(model)
+    if is_path:
+        with open(os.fspath(f), "wb") as out:  # type: ignore[arg-type]
+            out.writelines(parts)
+    elif f is not None:
+        for part in parts:
+            f.write(part)  # type: ignore[union-attr]
     return proto
 
 

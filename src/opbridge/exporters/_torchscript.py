@@ -23,7 +23,7 @@ from torch.onnx import symbolic_helper
 from torch.overrides import TorchFunctionMode
 
 from opbridge._errors import ExportError
-from opbridge._model import EXTERNAL_DATA_THRESHOLD
+from opbridge._model import EXTERNAL_DATA_THRESHOLD, DetachedWeights
 from opbridge.declaration._signature import node_arguments
 from opbridge.exporters._settings import ExportSettings
 from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, Pending, PlaceholderTable
@@ -295,12 +295,14 @@ class TorchScriptOutput:
             tensor, when the weights were too big for memory.
         placeholders: Whether it holds placeholder nodes, left for expansion.
         direct: The ops written as their own ``domain::op_type`` node, by overload.
+        weights: The in-memory model's weights, once :meth:`to_ir` read it.
     """
 
     data: bytes | None
     path: str | None
     placeholders: bool
     direct: dict[str, Pending]
+    weights: DetachedWeights | None = None  # set by to_ir() for an in-memory model
 
     @property
     def final(self) -> bool:
@@ -310,18 +312,20 @@ class TorchScriptOutput:
     def to_ir(self) -> ir.Model:
         """Reads the model into onnx-ir without copying its tensors.
 
-        A spilled model's weights stay in their files, memory-mapped by onnx-ir.
+        An in-memory model's weights stay in torch's bytes (:attr:`weights` puts
+        them back when the model is written); a spilled model's stay in their
+        files, memory-mapped by onnx-ir.
         """
         if self.path is not None:
             proto = onnx.load(self.path, load_external_data=False)
-        else:
-            assert self.data is not None
-            proto = onnx.load_from_string(self.data)
-        _drop_incomplete_types(proto.graph)
-        model = ir.serde.deserialize_model(proto)
-        if self.path is not None:
+            _drop_incomplete_types(proto.graph)
+            model = ir.serde.deserialize_model(proto)
             ir.external_data.set_base_dir(model.graph, os.path.dirname(self.path))
-        return model
+            return model
+        assert self.data is not None
+        self.weights = DetachedWeights(self.data)
+        _drop_incomplete_types(self.weights.proto.graph)
+        return self.weights.read()
 
 
 def export_torchscript(
