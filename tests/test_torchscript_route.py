@@ -53,8 +53,9 @@ class _Uses(torch.nn.Module):
 
 
 def test_declared_op_alone_is_saved_as_torch_wrote_it(
-    ns: str, tmp_path: Path, ir_reads: list[int]
+    ns: str, tmp_path: Path, ir_reads: list[int], capfd: pytest.CaptureFixture[str]
 ) -> None:
+    _declared(ns + "_unused")  # declared, not in the model: torch is not told of its domain
     model, x = _Uses(_declared(ns)), torch.randn(2, 32)
     path = tmp_path / "m.onnx"
     buffer = io.BytesIO()
@@ -62,6 +63,7 @@ def test_declared_op_alone_is_saved_as_torch_wrote_it(
     from_buffer = opbridge.export(model, (x,), buffer, exporter="torchscript")
     unsaved = opbridge.export(model, (x,), exporter="torchscript")
     assert ir_reads == []
+    assert "not used in the model" not in capfd.readouterr().err
     assert path.read_bytes() == buffer.getvalue() == from_path.SerializeToString()
     assert from_buffer == unsaved == from_path
     (node,) = [n for n in from_path.graph.node if n.domain == f"{ns}.d"]

@@ -109,9 +109,19 @@ def _constant(value: Any, param: Any, op_name: str) -> Any:
 class _Written:
     """What the symbolics wrote during one export."""
 
-    def __init__(self) -> None:
+    def __init__(self, requested: Mapping[str, int]) -> None:
         self.placeholders = False
         self.direct: dict[str, Pending] = {}  # ops written as their own node, by overload
+        # The custom_opsets torch stamps; filled as ops are written (torch reads the
+        # dict when it serializes, after every symbolic ran, and warns of unused ones).
+        self.opsets: dict[str, int] = {}
+        self._requested = requested
+
+    def wrote(self, overload: str, pending: Pending) -> None:
+        domain, _, version = pending.single_node  # type: ignore[misc]
+        self.direct[overload] = pending
+        needed = max(version, self.opsets.get(domain, 1))
+        self.opsets[domain] = self._requested.get(domain, needed)
 
 
 def _symbolic(
@@ -155,7 +165,7 @@ def _symbolic(
         node = pending.single_node
         originals = list(g.original_node.outputs())
         if node is not None and all(_has_dtype(o) for o in originals):
-            written.direct[overload] = pending
+            written.wrote(overload, pending)
             kind = f"{node[0]}::{node[1]}"
         else:
             written.placeholders = True
@@ -348,23 +358,17 @@ def export_torchscript(
         table: The ops to write as placeholders or as their own node.
         settings: Example inputs, names, opset and dynamic shapes.
         spill: Where a model too big for memory is written.
-        custom_opsets: The user's versions of custom domains; a directly written
-            op's domain otherwise gets the op's version.
+        custom_opsets: The user's versions of custom domains; the domain of an op
+            written as its own node otherwise gets the op's version.
     """
     opset = settings.opset_version or 20
     dynamic_axes = _dynamic_axes(settings.dynamic_shapes, settings.input_names)
     big = _weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
     target: Any = spill if big else _Capture()
-    versions: dict[str, int] = {}
-    for pending in table.entries.values():
-        node = pending.single_node
-        if node is not None:
-            versions[node[0]] = max(node[2], versions.get(node[0], 1))
-    versions.update(custom_opsets or {})
     mutating = _mutating_ops(table)
     # Only watched when such an op is declared: the mode costs every traced call.
     recorder = _MutationRecorder(mutating) if mutating else contextlib.nullcontext()
-    written = _Written()
+    written = _Written(custom_opsets or {})
     # The legacy exporter prints its whole graph on failure; the error says enough. Its
     # deprecation warnings are filtered around export() (opbridge._quiet); the user's
     # own warnings, and the tracer's about the user's code, still show.
@@ -384,7 +388,7 @@ def export_torchscript(
             input_names=settings.input_names,
             output_names=settings.output_names,
             dynamic_axes=dynamic_axes,
-            custom_opsets=versions,
+            custom_opsets=written.opsets,
         )
     if isinstance(recorder, _MutationRecorder) and recorder.seen:
         ops = ", ".join(recorder.seen.values())

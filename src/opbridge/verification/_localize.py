@@ -316,9 +316,15 @@ def _torchscript_reference(
     from opbridge.lowering._expand import PlaceholderTable
 
     keys: dict[str, str] = {}
+    # Declared ops the adapter wrote as their own node, keyed "domain::op_type".
+    direct: dict[tuple[str, str], str] = {}
     for contrib in (False, True):
         for key, pending in PlaceholderTable(REGISTRY, contrib_ops=contrib).entries.items():
             keys.setdefault(key, pending.layout.name)
+            if pending.single_node is not None:
+                domain, op_type, _ = pending.single_node
+                direct.setdefault((domain, op_type), f"{domain}::{op_type}")
+                keys.setdefault(f"{domain}::{op_type}", pending.layout.name)
     recorder = _OpRecorder(set(keys.values()))
     module_out: dict[str, list[Any]] = {}
     names = {m: n for n, m in model.named_modules() if n}
@@ -347,17 +353,20 @@ def _torchscript_reference(
     group_key: dict[str, str] = {}  # compared value -> its op's placeholder key
     counters: dict[str, int] = {}
     last_in_scope: dict[str, ir.Value] = {}
-    for node in graph:
-        for out in node.outputs:
-            m = _GROUP_OUTPUT.search(_n(out) or "")
-            if m is None:
-                continue
-            # TorchScript numbers repeated node names: L6_mylib_op_default_17.
-            key = m.group(1) if m.group(1) in keys else re.sub(r"_\d+$", "", m.group(1))
-            if key not in keys:
-                continue
-            index = int(m.group(2))
-            group = _n(out)[: m.start(2)]
+    for position, node in enumerate(graph):
+        for index, out in enumerate(node.outputs):
+            if (node.domain, node.op_type) in direct:  # one node is the op's whole group
+                key, group = direct[(node.domain, node.op_type)], f"#{position}"
+            else:  # a lowering's nodes, named after its placeholder
+                m = _GROUP_OUTPUT.search(_n(out) or "")
+                if m is None:
+                    continue
+                # TorchScript numbers repeated node names: L6_mylib_op_default_17.
+                key = m.group(1) if m.group(1) in keys else re.sub(r"_\d+$", "", m.group(1))
+                if key not in keys:
+                    continue
+                index = int(m.group(2))
+                group = _n(out)[: m.start(2)]
             group_key[_n(out)] = key
             if group not in seen:
                 seen[group] = counters.get(key, 0)
