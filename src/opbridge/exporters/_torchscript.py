@@ -1,8 +1,9 @@
 """Adapter for the legacy TorchScript exporter (``torch.onnx.export(dynamo=False)``).
 
 It registers, for the duration of one export, a symbolic function per lowered op
-namespace/name that writes the placeholder node; lowerings run later, in the
-expansion pass.
+namespace/name. A declared op without a lowering is written there as its own
+``domain::op_type`` node; every other op as a placeholder node whose lowering runs
+later, in the expansion pass. A model with no placeholder is final as torch wrote it.
 """
 
 from __future__ import annotations
