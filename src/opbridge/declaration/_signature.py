@@ -35,7 +35,8 @@ class AttrKind(enum.StrEnum):
     """An ONNX attribute kind, with every encoding opbridge needs in one place.
 
     A ``str`` enum: ``AttrKind.INTS == "ints"``, so it can stand where the kind's
-    name is expected (the kernel host's ``AttrSpec.kind``).
+    name is expected (the kernel host's ``AttrSpec.kind``). ``TENSOR`` is never a torch
+    argument (tensors are node inputs); only kernels (``AttrSpec``) take it.
     """
 
     INT = "int"
@@ -44,6 +45,7 @@ class AttrKind(enum.StrEnum):
     INTS = "ints"
     FLOATS = "floats"
     STRS = "strs"
+    TENSOR = "tensor"
 
     @property
     def onnx(self) -> int:
@@ -77,6 +79,7 @@ _ENCODINGS: dict[AttrKind, tuple[int, Any, int, tuple[str, str]]] = {
     AttrKind.INTS: (onnx.AttributeProto.INTS, list[int], 3, ("i", "is")),
     AttrKind.FLOATS: (onnx.AttributeProto.FLOATS, list[float], 4, ("f", "fs")),
     AttrKind.STRS: (onnx.AttributeProto.STRINGS, list[str], 5, ("s", "s")),
+    AttrKind.TENSOR: (onnx.AttributeProto.TENSOR, onnx.TensorProto, 6, ("t", "t")),
 }
 
 # torch schema type (str) -> ONNX attribute kind

@@ -30,8 +30,10 @@ Conventions kernels see:
   alone, ONNX Runtime gives such an output the element type of the op's last
   input that allows several dtypes (and takes the model's declared type only if
   there is no such input). :func:`register` with ``model=`` avoids that: it adds
-  overloads with the input types of the model's nodes, so that ONNX Runtime keeps
-  the output types the model declares. The kernel's result must match the
+  overloads with the input types of the model's nodes (subgraphs and local
+  functions included), so that ONNX Runtime keeps the output types the model
+  declares. Types come from the model itself; no whole-model shape inference runs
+  (see :func:`node_overloads`). The kernel's result must match the
   node's output type exactly; nothing is cast.
 * Versions: ONNX Runtime cannot choose a custom kernel by the model's opset, so
   each registration carries one version per op: the newest installed, or with
@@ -45,18 +47,21 @@ still runs one at a time).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
+from opbridge._model import all_nodes
+from opbridge.declaration._signature import AttrKind
 from opbridge.runtime._kernels import AttrSpec, IOSpec, KernelSpec
+from opbridge.runtime._types import as_ir, elem_type, infer_types
 
 __all__ = [
     "DTYPE_NAMES",
@@ -98,8 +103,6 @@ DTYPE_NAMES: dict[str, int] = {
     "string": _STRING,
     "object": _STRING,
 }
-
-_ATTR_KINDS = {"int": 0, "float": 1, "str": 2, "ints": 3, "floats": 4, "strs": 5, "tensor": 6}
 
 _lock = threading.Lock()
 _ext: ModuleType | None = None
@@ -183,7 +186,7 @@ def register(
     session_options: Any,
     specs: Sequence[KernelSpec] = (),
     *,
-    model: onnx.ModelProto | bytes | str | os.PathLike[str] | None = None,
+    model: ir.Model | onnx.ModelProto | bytes | str | os.PathLike[str] | None = None,
 ) -> None:
     """Installs ``specs`` and registers the host on ``session_options``.
 
@@ -200,7 +203,8 @@ def register(
     Args:
         session_options: An ``onnxruntime.SessionOptions``.
         specs: Kernels to install first (may be empty if installed earlier).
-        model: The model the session will run (proto, serialized bytes or path).
+        model: The model the session will run: onnx-ir, proto, serialized bytes or a
+            path (read without its weights).
 
     Raises:
         RuntimeError: The extension is not available.
@@ -211,9 +215,9 @@ def register(
     overloads: dict[tuple[str, str], list[tuple[int, ...]]] = {}
     versions: dict[tuple[str, str], int] = {}
     if model is not None:
-        proto = _as_model(model)
-        versions = _model_versions(proto)
-        overloads = node_overloads(proto)
+        model_ir = as_ir(model)
+        versions = _model_versions(model_ir)
+        overloads = node_overloads(model_ir)
     # Applies to this thread's next RegisterCustomOps call, which ONNX Runtime makes
     # synchronously inside register_custom_ops_library below.
     ext.set_next_registration(overloads or None, versions or None)
@@ -223,23 +227,15 @@ def register(
         ext.set_next_registration(None, None)
 
 
-def _as_model(model: onnx.ModelProto | bytes | str | os.PathLike[str]) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
-    return onnx.load(os.fspath(model), load_external_data=False)
-
-
-def _model_versions(model: onnx.ModelProto) -> dict[tuple[str, str], int]:
+def _model_versions(model: ir.Model) -> dict[tuple[str, str], int]:
     """The model's opset for the domain of every installed op it imports."""
-    opsets = {entry.domain: entry.version for entry in model.opset_import}
+    opsets = model.opset_imports
     with _lock:
         keys = {(domain, op_type) for domain, op_type, _ in _specs}
     return {key: opsets[key[0]] for key in keys if key[0] in opsets}
 
 
-def _specs_for(model: onnx.ModelProto) -> dict[tuple[str, str], KernelSpec]:
+def _specs_for(model: ir.Model) -> dict[tuple[str, str], KernelSpec]:
     """Per op, the installed spec a session for ``model`` uses."""
     versions = _model_versions(model)
     chosen: dict[tuple[str, str], KernelSpec] = {}
@@ -253,39 +249,48 @@ def _specs_for(model: onnx.ModelProto) -> dict[tuple[str, str], KernelSpec]:
     return chosen
 
 
-def node_overloads(model: onnx.ModelProto) -> dict[tuple[str, str], list[tuple[int, ...]]]:
+def node_overloads(
+    model: ir.Model | onnx.ModelProto,
+) -> dict[tuple[str, str], list[tuple[int, ...]]]:
     """Input element types of ``model``'s nodes that need a typed overload.
 
-    A node qualifies when it runs an installed kernel with an input that allows
-    several dtypes, all its inputs have known types (from the model, after ONNX
-    shape inference), and every output that allows several dtypes has a declared
-    type. Nodes of ONNX Runtime keeps the declared output types of anyway
-    (absent inputs, repeated variadic inputs) are left out, and so are input type
-    combinations that also occur on a node with an undeclared output.
+    Every node counts: the main graph's, those of ``If``/``Loop``/``Scan`` bodies at
+    any depth and those of local functions. A node qualifies when it runs an
+    installed kernel with an input that allows several dtypes, all its inputs have
+    known types, and every output that allows several dtypes has a known type.
+    Types are the model's own (exporters write them); an input the model leaves
+    untyped is typed node-locally from its producer where ONNX can (standard ops,
+    declared ops' schemas; see :mod:`opbridge.runtime._types`), never by whole-model
+    shape inference. A node with an input that stays untyped gets no overload, and
+    ONNX Runtime types its outputs its own way. Nodes of which ONNX Runtime keeps the
+    declared output types anyway (absent inputs, repeated variadic inputs) are left
+    out, and so are input type combinations that also occur on a node with an
+    undeclared output.
 
     Args:
-        model: The model.
+        model: The model (onnx-ir, or a proto, which is wrapped without copying
+            weights). Types inferred for an onnx-ir model are written onto its values.
 
     Returns:
         ``{(domain, op_type): [input element types padded with 0, ...]}``.
     """
+    model = as_ir(model)
     specs = _specs_for(model)
     if not specs:
         return {}
-    # Types of intermediate values that only ONNX ops produce. Best effort: on any
-    # failure (models over 2 GB, unknown ops in strict spots) the declared types remain.
-    with contextlib.suppress(Exception):
-        model = onnx.shape_inference.infer_shapes(model)
+    nodes = [
+        (node, spec)
+        for node in all_nodes(model)
+        if (spec := specs.get((node.domain, node.op_type))) is not None
+    ]
+    infer_types((v for node, _ in nodes for v in node.inputs), model)
     good: dict[tuple[str, str], set[tuple[int, ...]]] = {}
     bad: dict[tuple[str, str], set[tuple[int, ...]]] = {}
-    for node, types in _walk(model.graph, {}):
-        spec = specs.get((node.domain, node.op_type))
-        if spec is None:
-            continue
-        combo = _input_combo(node, spec, types)
+    for node, spec in nodes:
+        combo = _input_combo(node, spec)
         if combo is None:
             continue
-        target = good if _outputs_declared(node, spec, types) else bad
+        target = good if _outputs_declared(node, spec) else bad
         target.setdefault((node.domain, node.op_type), set()).add(combo)
     result = {}
     for key, combos in good.items():
@@ -295,53 +300,31 @@ def node_overloads(model: onnx.ModelProto) -> dict[tuple[str, str], list[tuple[i
     return result
 
 
-def _walk(
-    graph: onnx.GraphProto, outer: dict[str, int]
-) -> Iterator[tuple[onnx.NodeProto, dict[str, int]]]:
-    """Yields every node (subgraphs included) with the element types in scope."""
-    types = dict(outer)
-    for info in (*graph.input, *graph.output, *graph.value_info):
-        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-            types[info.name] = info.type.tensor_type.elem_type
-    for init in graph.initializer:
-        types[init.name] = init.data_type
-    for node in graph.node:
-        yield node, types
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _walk(attr.g, types)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _walk(sub, types)
-
-
 def _spec_port(ports: Sequence[IOSpec], index: int) -> IOSpec | None:
     if index < len(ports):
         return ports[index]
     return ports[-1] if ports and ports[-1].variadic else None
 
 
-def _input_combo(
-    node: onnx.NodeProto, spec: KernelSpec, types: dict[str, int]
-) -> tuple[int, ...] | None:
-    names = list(node.input)
+def _input_combo(node: ir.Node, spec: KernelSpec) -> tuple[int, ...] | None:
+    inputs = node.inputs
     n_formal = len(spec.inputs)
     # More inputs than formal parameters (a repeated variadic input) or an absent
     # input in the middle: ORT keeps the declared output types by itself.
-    if len(names) > n_formal or any(not name for name in names):
+    if len(inputs) > n_formal or any(value is None for value in inputs):
         return None
-    combo = [types.get(name, 0) for name in names]
+    combo = [elem_type(value) for value in inputs if value is not None]
     if 0 in combo:
         return None
-    if all(len(spec.inputs[i].dtypes) == 1 for i in range(len(names))):
+    if all(len(spec.inputs[i].dtypes) == 1 for i in range(len(inputs))):
         return None  # no input allows several types: nothing to fix
-    return (*combo, *([0] * (n_formal - len(names))))
+    return (*combo, *([0] * (n_formal - len(inputs))))
 
 
-def _outputs_declared(node: onnx.NodeProto, spec: KernelSpec, types: dict[str, int]) -> bool:
-    for j, name in enumerate(node.output):
+def _outputs_declared(node: ir.Node, spec: KernelSpec) -> bool:
+    for j, value in enumerate(node.outputs):
         port = _spec_port(spec.outputs, j)
-        if name and port is not None and len(port.dtypes) != 1 and not types.get(name):
+        if value.name and port is not None and len(port.dtypes) != 1 and not elem_type(value):
             return False
     return True
 
@@ -399,7 +382,7 @@ class HostAttr:
     """One attribute as the extension reads it."""
 
     name: str
-    kind: int  # index into _ATTR_KINDS (the extension's AttrKind)
+    kind: int  # AttrKind.cpp: the extension's AttrKind (runtime/host/host.h)
     default: Any
     required: bool
 
@@ -435,12 +418,14 @@ def _encode_port(io: IOSpec, where: str) -> HostPort:
 
 
 def _encode_attr(attr: AttrSpec, where: str) -> HostAttr:
-    if attr.kind not in _ATTR_KINDS:
+    try:
+        kind = AttrKind(attr.kind)
+    except ValueError:
         raise ValueError(
             f"{where}: attribute '{attr.name}' has kind {attr.kind!r}; expected one of "
-            f"{', '.join(_ATTR_KINDS)}"
-        )
-    return HostAttr(attr.name, _ATTR_KINDS[attr.kind], attr.default, bool(attr.required))
+            f"{', '.join(kind.value for kind in AttrKind)}"
+        ) from None
+    return HostAttr(attr.name, kind.cpp, attr.default, bool(attr.required))
 
 
 def _encode(spec: KernelSpec) -> HostOpDef:
