@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import torch
 from onnx import helper
@@ -19,6 +20,7 @@ from opbridge._errors import KernelError, SessionError
 from opbridge._model import has_external_data, read_graph
 from opbridge.runtime import _plan
 from opbridge.runtime._plan import KernelPlan, KernelSource, plan_kernels
+from opbridge.runtime._types import as_ir, elem_type, infer_types
 
 __all__ = ["Session", "kernel_provider", "session_options"]
 
@@ -140,9 +142,7 @@ def _runnable(proto: onnx.ModelProto, data: bytes | str) -> tuple[bytes | str, l
     return copy.SerializeToString(), notes
 
 
-def _configure(
-    options: ort.SessionOptions, plan: KernelPlan, model: onnx.ModelProto | None
-) -> str | None:
+def _configure(options: ort.SessionOptions, plan: KernelPlan, model: ir.Model | None) -> str | None:
     """Registers the plan's kernels with ``options``; returns the Python route's name."""
     if plan.missing:
         raise SessionError(_plan.missing_kernel_message(plan))
@@ -183,51 +183,48 @@ def _configure(
 
 
 def _typed_custom_outputs(
-    proto: onnx.ModelProto, data: bytes | str
+    proto: onnx.ModelProto, model: ir.Model, data: bytes | str
 ) -> tuple[onnx.ModelProto, bytes | str]:
     """Types the outputs of custom nodes that the model leaves untyped.
 
     ONNX Runtime cannot always infer the element type of a custom op's output (the
     host's ops allow any type), and reports that as a long list of candidate types.
-    ONNX shape inference can, through the schemas opbridge registers for declared
-    ops, so those types are written into the model as ``value_info``.
+    The schema opbridge registers for a declared op can (it runs the op's fake
+    implementation), so each such output is typed node-locally from its node's input
+    types (:func:`~opbridge.runtime._types.infer_types`; no whole-model shape
+    inference) and written into the model: as ``value_info``, or onto a graph output
+    that has no element type. ``model`` is ``proto`` as onnx-ir and gets the types too.
+
+    Only the main graph's values are written (a subgraph's custom outputs keep
+    ONNX Runtime's own typing). A model read from a file whose weights live beside
+    it is left as it is (ONNX Runtime's own message follows); a self-contained one is
+    then read whole to be rewritten, which only happens for such untyped outputs.
     """
-    graph = proto.graph
-    typed = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-    typed |= {i.name for i in graph.initializer}
-    custom = {
-        v.name
-        for nodes in _plan.custom_nodes(proto).values()
+    untyped = [
+        value
+        for nodes in _plan.custom_nodes(model).values()
         for node in nodes
-        for v in node.outputs
-    }
-    bare = {o.name for o in graph.output if not o.type.tensor_type.elem_type}
-    untyped = {name for name in custom if name and (name not in typed or name in bare)}
+        if node.graph is model.graph
+        for value in node.outputs
+        if value.name and not elem_type(value)
+    ]
     if not untyped:
         return proto, data
+    infer_types(untyped, model)
+    found = {v.name: ir.serde.serialize_value(v) for v in untyped if v.name and elem_type(v)}
+    if not found:
+        return proto, data
     if isinstance(data, str):
-        # Only the graph was read. A model whose weights live beside it is left as it
-        # is (ONNX Runtime's own message follows); a self-contained one is read whole.
+        # Only the graph was read: the rewritten model needs the weights too.
         if has_external_data(proto):
             return proto, data
         proto = onnx.load(data)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:  # unknown ops elsewhere: ONNX Runtime's own message follows
-        return proto, data
-    found = {
-        v.name: v
-        for v in (*inferred.graph.value_info, *inferred.graph.output)
-        if v.name in untyped and v.type.tensor_type.elem_type
-    }
-    if not found:
-        return proto, data
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    for output in copy.graph.output:
-        if output.name in found and not output.type.tensor_type.elem_type:
-            output.CopyFrom(found.pop(output.name))
-    copy.graph.value_info.extend(v for name, v in found.items() if name not in typed)
+    for info in (*copy.graph.output, *copy.graph.value_info):  # declared without a type
+        if info.name in found:
+            info.CopyFrom(found.pop(info.name))
+    copy.graph.value_info.extend(found.values())
     return copy, copy.SerializeToString()
 
 
@@ -270,8 +267,9 @@ def session_options(
         SessionError: A custom node has no kernel; the message names it.
     """
     proto = model if isinstance(model, onnx.ModelProto) or model is None else _load(model)[0]
+    model_ir = None if proto is None else as_ir(proto)  # read once, for planning and the host
     options = options or ort.SessionOptions()
-    _configure(options, plan_kernels(proto, libraries=[Path(p) for p in libraries]), proto)
+    _configure(options, plan_kernels(model_ir, libraries=[Path(p) for p in libraries]), model_ir)
     return options
 
 
@@ -301,15 +299,16 @@ class Session:
         options: ort.SessionOptions | None = None,
     ) -> None:
         proto, data = _load(model)
-        proto, data = _typed_custom_outputs(proto, data)
+        model_ir = as_ir(proto)  # the one onnx-ir view of the graph (weights stay in the proto)
+        proto, data = _typed_custom_outputs(proto, model_ir, data)
         data, self._notes = _runnable(proto, data)
-        self._plan = plan_kernels(proto, libraries=[Path(p) for p in libraries])
+        self._plan = plan_kernels(model_ir, libraries=[Path(p) for p in libraries])
         if options is None:
             options = ort.SessionOptions()
             # Failures reach the user as exceptions; ORT would also log them to stderr.
             options.log_severity_level = 4
         self._options = options
-        self._route = _configure(self._options, self._plan, proto)
+        self._route = _configure(self._options, self._plan, model_ir)
         try:
             self._session = ort.InferenceSession(
                 data,
