@@ -14,6 +14,7 @@ from opbridge._errors import SessionError
 from opbridge._model import all_nodes
 from opbridge._registry import REGISTRY
 from opbridge.runtime._kernels import KernelSpec
+from opbridge.runtime._types import as_ir, elem_type
 
 __all__ = ["ORT_BUILTIN_DOMAINS", "KernelPlan", "KernelSource", "custom_nodes", "plan_kernels"]
 
@@ -61,11 +62,6 @@ class KernelPlan:
 ModelLike = onnx.ModelProto | ir.Model
 
 
-def _as_ir(model: ModelLike) -> ir.Model:
-    # Tensors stay in the proto (no copy); only the graph is wrapped.
-    return model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
-
-
 def _custom_nodes(model: ir.Model) -> dict[str, list[ir.Node]]:
     local = {(f.domain, f.name) for f in model.functions.values()}
     found: dict[str, list[ir.Node]] = {}
@@ -81,7 +77,7 @@ def custom_nodes(model: ModelLike) -> dict[str, list[ir.Node]]:
 
     Subgraphs (``If``/``Loop``/``Scan`` bodies) and local functions included.
     """
-    return _custom_nodes(_as_ir(model))
+    return _custom_nodes(as_ir(model))
 
 
 def _shipped_ops_in(libraries: Sequence[Path]) -> dict[str, Path]:
@@ -97,13 +93,9 @@ def _shipped_ops_in(libraries: Sequence[Path]) -> dict[str, Path]:
 def _io_types(nodes: list[ir.Node]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Element types of the first node's inputs and outputs, as the model declares them."""
     node = nodes[0]
-
-    def elem(v: ir.Value) -> int:
-        return int(v.dtype) if v.dtype is not None else 0
-
     return (
-        tuple(elem(v) for v in node.inputs if v is not None),
-        tuple(elem(v) for v in node.outputs if v.name),
+        tuple(elem_type(v) for v in node.inputs if v is not None),
+        tuple(elem_type(v) for v in node.outputs if v.name),
     )
 
 
@@ -142,7 +134,7 @@ def plan_kernels(
     if model is None:
         needed: dict[str, list[ir.Node]] = {op.onnx_name: [] for op in REGISTRY.ops()}
     else:
-        model_ir = _as_ir(model)
+        model_ir = as_ir(model)
         # Types come from the model's own value infos: no shape inference.
         needed = _custom_nodes(model_ir)
         _make_fallback_ops(model_ir, needed)  # fallback ops of the model, adopted from torch
