@@ -184,6 +184,24 @@ def test_only_the_values_a_custom_node_needs_are_typed(take, domain, no_shape_in
     assert no_shape_inference == []
 
 
+def test_producers_are_typed_before_their_users_in_a_diamond(take, domain):
+    # n feeds both Abs and Add: Abs and Add must wait for Neg, whichever is reached first.
+    graph = helper.make_graph(
+        [
+            helper.make_node("Neg", ["x"], ["n"]),
+            helper.make_node("Abs", ["n"], ["m"]),
+            helper.make_node("Add", ["n", "m"], ["z"]),
+            helper.make_node("Take", ["z", "idx"], ["y"], domain=domain),
+        ],
+        "g",
+        [_vi("x", F, [3]), _vi("idx", I64, [2])],
+        [_vi("y", F, [2])],
+    )
+    model = ir.serde.deserialize_model(_model(graph, domain))
+    assert _host.node_overloads(model) == {(domain, "Take"): [(F, I64)]}
+    assert [elem_type(_value(model, name)) for name in "nmz"] == [F, F, F]
+
+
 def test_an_input_that_cannot_be_typed_locally_gets_no_overload(take, host, domain, make_spec):
     # n comes from Opaque, a custom op with no ONNX schema: it stays untyped, so
     # neither node gets an overload (Opaque's output, Take's input are unknown).

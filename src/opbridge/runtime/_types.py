@@ -66,41 +66,43 @@ def infer_types(values: Iterable[ir.Value | None], model: ir.Model) -> None:
             absent inputs, are skipped). Typed ones are left as they are.
         model: The model they belong to (for opset versions).
     """
-    from opbridge.lowering._builder import _infer as infer_node
-
-    settled: set[int] = set()  # ids of nodes inferred (or tried)
-    entered: set[int] = set()  # ids of nodes on the walk (guards against cycles)
+    # Depth-first over producers of untyped values, each node inferred after the
+    # producers of its inputs. State per node id: 1 on the current path, 2 done.
+    state: dict[int, int] = {}
     for value in values:
         if value is None or elem_type(value):
             continue
         first = value.producer()
         if first is None:  # a graph input or outer-scope value without a type
             continue
-        stack = [first]
-        entered.add(id(first))
+        stack: list[tuple[ir.Node, bool]] = [(first, False)]
         while stack:
-            node = stack[-1]
-            if id(node) in settled:
-                stack.pop()
+            node, inputs_done = stack.pop()
+            if state.get(id(node)) == 2:
                 continue
-            needed = [
-                producer
-                for inp in node.inputs
-                if inp is not None
-                and not elem_type(inp)
-                and (producer := inp.producer()) is not None
-                and id(producer) not in entered
-            ]
-            if needed:
-                entered.update(id(p) for p in needed)
-                stack.extend(needed)
+            if inputs_done:
+                state[id(node)] = 2
+                _infer_one(node, model)
                 continue
-            stack.pop()
-            settled.add(id(node))
-            version = _opset(node, model)
-            if version is None:
+            if state.get(id(node)) == 1:  # a cycle (malformed model): stop there
                 continue
-            for out in node.outputs:
-                if out.type is not None and not elem_type(out):
-                    out.type = None  # declared without an element type: as good as untyped
-            infer_node(node, version)
+            state[id(node)] = 1
+            stack.append((node, True))
+            for inp in node.inputs:
+                if inp is None or elem_type(inp):
+                    continue
+                producer = inp.producer()
+                if producer is not None and producer is not node and id(producer) not in state:
+                    stack.append((producer, False))
+
+
+def _infer_one(node: ir.Node, model: ir.Model) -> None:
+    from opbridge.lowering._builder import _infer as infer_node
+
+    version = _opset(node, model)
+    if version is None:
+        return
+    for out in node.outputs:
+        if out.type is not None and not elem_type(out):
+            out.type = None  # declared without an element type: as good as untyped
+    infer_node(node, version)
