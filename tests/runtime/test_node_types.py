@@ -271,7 +271,9 @@ def test_session_types_untyped_custom_outputs_without_shape_inference(
     assert no_shape_inference == []
 
 
-def test_session_options_reads_a_path_without_its_weights(inc, tmp_path, monkeypatch):
+def test_session_options_and_the_host_read_a_path_without_its_weights(
+    host, inc, tmp_path, monkeypatch
+):
     import onnxruntime as ort
 
     model = _inc_model(inc, declared_output=F)
@@ -284,6 +286,7 @@ def test_session_options_reads_a_path_without_its_weights(inc, tmp_path, monkeyp
 
     monkeypatch.setattr(onnx, "load", refuse)
     monkeypatch.setattr(onnx, "load_model", refuse)
+    _host.register(ort.SessionOptions(), model=tmp_path / "m.onnx")  # the host alone, too
     options = opbridge.session_options(tmp_path / "m.onnx")
     session = ort.InferenceSession(
         str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"]
