@@ -202,6 +202,33 @@ def test_producers_are_typed_before_their_users_in_a_diamond(take, domain):
     assert [elem_type(_value(model, name)) for name in "nmz"] == [F, F, F]
 
 
+def test_element_types_from_schemas_agree_with_onnx_inference():
+    # Type variables (Neg, Split), a fixed output type (Shape), an attribute-chosen
+    # type (Cast: falls back to ONNX's inference), a Constant's tensor.
+    graph = helper.make_graph(
+        [
+            helper.make_node("Neg", ["x"], ["n"]),
+            helper.make_node("Shape", ["n"], ["s"]),
+            helper.make_node("Cast", ["s"], ["c"], to=TensorProto.DOUBLE),
+            helper.make_node(
+                "Constant", [], ["k"], value=helper.make_tensor("k", TensorProto.INT32, [1], [2])
+            ),
+            helper.make_node("Split", ["n"], ["p", "q"], axis=0),
+            helper.make_node("Equal", ["p", "q"], ["e"]),
+        ],
+        "g",
+        [_vi("x", F, [4])],
+        [_vi("e", 0)],
+    )
+    names = ["n", "s", "c", "k", "p", "q", "e"]
+    found = {}
+    for shapes in (False, True):
+        model = ir.serde.deserialize_model(_model(graph, "unused.domain"))
+        infer_types([_value(model, name) for name in names], model, shapes=shapes)
+        found[shapes] = [elem_type(_value(model, name)) for name in names]
+    assert found[False] == found[True] == [F, I64, TensorProto.DOUBLE, TensorProto.INT32, F, F, B]
+
+
 def test_an_input_that_cannot_be_typed_locally_gets_no_overload(take, host, domain, make_spec):
     # n comes from Opaque, a custom op with no ONNX schema: it stays untyped, so
     # neither node gets an overload (Opaque's output, Take's input are unknown).

@@ -283,7 +283,7 @@ def node_overloads(
         for node in all_nodes(model)
         if (spec := specs.get((node.domain, node.op_type))) is not None
     ]
-    infer_types((v for node, _ in nodes for v in node.inputs), model)
+    infer_types((v for node, _ in nodes for v in node.inputs), model, shapes=False)
     good: dict[tuple[str, str], set[tuple[int, ...]]] = {}
     bad: dict[tuple[str, str], set[tuple[int, ...]]] = {}
     for node, spec in nodes:
