@@ -98,3 +98,17 @@ def test_external_data_from_memory_goes_through_onnx_ir(ns: str, tmp_path: Path)
     assert (tmp_path / "m.onnx.data").exists()
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     torch.testing.assert_close(opbridge.Session(str(path))(x), model(x))
+
+
+def test_too_big_for_memory_without_a_path_fails_before_exporting(
+    ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opbridge.exporters import _export
+
+    monkeypatch.setattr(_export, "EXTERNAL_DATA_THRESHOLD", 1024)  # the 4 KB weight is "big"
+    exported: list[int] = []
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: exported.append(1))
+    model, x = _Uses(_declared(ns)), torch.randn(2, 32)
+    with pytest.raises(opbridge.ExportError, match="needs a path"):
+        opbridge.export(model, (x,), io.BytesIO(), exporter="torchscript")
+    assert exported == []

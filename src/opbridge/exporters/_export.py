@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Literal
 
@@ -32,7 +31,12 @@ from opbridge.exporters._fallback import (
     unwritable_message,
 )
 from opbridge.exporters._settings import ExportSettings
-from opbridge.exporters._torchscript import TorchScriptOutput, export_torchscript, restore_names
+from opbridge.exporters._torchscript import (
+    TorchScriptOutput,
+    export_torchscript,
+    restore_names,
+    weights_nbytes,
+)
 from opbridge.lowering._expand import PlaceholderTable, check_requested_opsets, expand
 
 __all__ = ["export"]
@@ -134,48 +138,56 @@ def export(
     )
     if exporter == "torchscript" and isinstance(model, torch.export.ExportedProgram):
         raise ExportError("exporter='torchscript' needs an nn.Module, not an ExportedProgram")
-    with tempfile.TemporaryDirectory(prefix="opbridge-export-") as workdir:
-        # Where the TorchScript exporter writes a model too big for memory: beside the
-        # destination, so that its weight files become the saved model's, uncopied.
-        if isinstance(f, (str, os.PathLike)):
-            where, name = os.path.split(os.path.abspath(os.fspath(f)))
-            spill = os.path.join(where, f".{name}.opbridge-tmp")
+    # Where the TorchScript exporter writes a model too big for memory: beside the
+    # destination, so that its weight files become the saved model's, uncopied.
+    spill = None
+    if isinstance(f, (str, os.PathLike)):
+        where, name = os.path.split(os.path.abspath(os.fspath(f)))
+        spill = os.path.join(where, f".{name}.opbridge-tmp")
+    elif exporter == "torchscript" and weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD:
+        raise _needs_a_path(weights_nbytes(model))  # before a long export, not after
+    try:
+        exported, table = _export_ir(
+            model, exporter, settings, spill,
+            contrib_ops=contrib_ops, fallback=fallback, custom_opsets=custom_opsets,
+        )  # fmt: skip
+        if isinstance(exported, TorchScriptOutput):
+            used: dict[str, int] = {}
+            for pending in exported.direct.values():
+                domain, _, version = pending.single_node  # type: ignore[misc]
+                used[domain] = max(version, used.get(domain, 1))
+            check_requested_opsets(used, custom_opsets or {})
+            if exported.final:
+                saved = _save_as_written(exported, f, external_data)
+                if saved is not None:
+                    return saved
+            model_ir = exported.to_ir()
+            weights = exported.weights
         else:
-            spill = os.path.join(workdir, "model.onnx")
-        try:
-            exported, table = _export_ir(
-                model, exporter, settings, spill,
-                contrib_ops=contrib_ops, fallback=fallback, custom_opsets=custom_opsets,
-            )  # fmt: skip
-            if isinstance(exported, TorchScriptOutput):
-                used: dict[str, int] = {}
-                for pending in exported.direct.values():
-                    domain, _, version = pending.single_node  # type: ignore[misc]
-                    used[domain] = max(version, used.get(domain, 1))
-                check_requested_opsets(used, custom_opsets or {})
-                if exported.final:
-                    saved = _save_as_written(exported, f, external_data)
-                    if saved is not None:
-                        return saved
-                model_ir = exported.to_ir()
-                weights = exported.weights
-            else:
-                model_ir, weights = exported, None
-            expand(model_ir, table, custom_opsets=custom_opsets)
-            if exporter == "torchscript":
-                restore_names(model_ir)
-            _record_fallback(model_ir)
-            return _save(model_ir, f, external_data, weights)
-        finally:
-            if os.path.exists(spill):
-                os.remove(spill)
+            model_ir, weights = exported, None
+        expand(model_ir, table, custom_opsets=custom_opsets)
+        if exporter == "torchscript":
+            restore_names(model_ir)
+        _record_fallback(model_ir)
+        return _save(model_ir, f, external_data, weights)
+    finally:
+        if spill is not None and os.path.exists(spill):
+            os.remove(spill)
+
+
+def _needs_a_path(size: int) -> ExportError:
+    return ExportError(
+        f"The model's weights ({size / 2**30:.2f} GiB) must be written as external data "
+        f"beside the model file (a protobuf cannot hold 2 GB), which needs a path: "
+        f"opbridge.export(model, args, 'model.onnx')."
+    )
 
 
 def _export_ir(
     model: Any,
     exporter: str,
     settings: ExportSettings,
-    spill: str,
+    spill: str | None,
     *,
     contrib_ops: bool,
     fallback: Fallback | None,
@@ -305,11 +317,7 @@ def _save(
         external_data = size > EXTERNAL_DATA_THRESHOLD
     if external_data:
         if not is_path:
-            raise ExportError(
-                f"The model's weights ({size / 2**30:.2f} GiB) must be written as external data "
-                f"beside the model file (a protobuf cannot hold 2 GB), which needs a path: "
-                f"opbridge.export(model, args, 'model.onnx')."
-            )
+            raise _needs_a_path(size)
         path = os.fspath(f)  # type: ignore[arg-type]
         if _external_beside(model, path):  # TorchScript's weight files, already in place
             ir.save(model, path)

@@ -29,7 +29,7 @@ from opbridge.declaration._signature import node_arguments
 from opbridge.exporters._settings import ExportSettings
 from opbridge.lowering._expand import PLACEHOLDER_DOMAIN, Pending, PlaceholderTable
 
-__all__ = ["TorchScriptOutput", "export_torchscript", "restore_names"]
+__all__ = ["TorchScriptOutput", "export_torchscript", "restore_names", "weights_nbytes"]
 
 _SCHEMA_NAME = re.compile(r"^([\w:]+)(?:\.(\w+))?\(")
 
@@ -343,7 +343,7 @@ def export_torchscript(
     model: Any,
     table: PlaceholderTable,
     settings: ExportSettings,
-    spill: str,
+    spill: str | None,
     custom_opsets: Mapping[str, int] | None = None,
 ) -> TorchScriptOutput:
     """Exports with ``dynamo=False``.
@@ -358,13 +358,16 @@ def export_torchscript(
         model: The module.
         table: The ops to write as placeholders or as their own node.
         settings: Example inputs, names, opset and dynamic shapes.
-        spill: Where a model too big for memory is written.
+        spill: Where a model too big for memory is written (the caller refuses such
+            a model when there is nowhere to write it).
         custom_opsets: The user's versions of custom domains; the domain of an op
             written as its own node otherwise gets the op's version.
     """
     opset = settings.opset_version or 20
     dynamic_axes = _dynamic_axes(settings.dynamic_shapes, settings.input_names)
-    big = _weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+    big = weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+    if big and spill is None:  # pragma: no cover - export() refuses it first
+        raise ExportError("a model over 1.5 GB needs a destination path")
     target: Any = spill if big else _Capture()
     mutating = _mutating_ops(table)
     # Only watched when such an op is declared: the mode costs every traced call.
@@ -464,7 +467,8 @@ def restore_names(model: ir.Model) -> None:
         value.name = name
 
 
-def _weights_nbytes(model: Any) -> int:
+def weights_nbytes(model: Any) -> int:
+    """Bytes of a module's parameters and buffers (0 for anything else)."""
     if not isinstance(model, torch.nn.Module):
         return 0
     tensors = itertools.chain(model.parameters(), model.buffers())

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-__all__ = ["AttrSpec", "IOSpec", "KernelSpec"]
+from opbridge.declaration._signature import AttrKind
 
-AttrKind = Literal["int", "float", "str", "ints", "floats", "strs", "tensor"]
+__all__ = ["AttrSpec", "IOSpec", "KernelSpec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +44,14 @@ class AttrSpec:
 
     Attributes:
         name: Attribute name as written on the ONNX node.
-        kind: ONNX attribute kind.
+        kind: ONNX attribute kind: an :class:`AttrKind` or its name (``"ints"``).
         default: Value used when the node does not carry the attribute; ``None``
             with ``required=True`` means the node must carry it.
         required: Whether the attribute must be present.
     """
 
     name: str
-    kind: AttrKind
+    kind: AttrKind | str
     default: Any = None
     required: bool = False
 
