@@ -179,8 +179,10 @@ def _pair(spec: dict[str, Any], repeats: int) -> tuple[dict[str, float], dict[st
 
 def _row(label: str, ours: dict[str, float], theirs: dict[str, float]) -> str:
     mb = 2**20
+    scale, unit = (1e3, "ms") if theirs["time"] < 1 else (1, "s")
     return (
-        f"{label:<44} time {ours['time']:7.2f}s / {theirs['time']:7.2f}s = "
+        f"{label:<44} time {ours['time'] * scale:7.2f}{unit} / "
+        f"{theirs['time'] * scale:7.2f}{unit} = "
         f"{ours['time'] / theirs['time']:5.2f}x   peak extra RSS {ours['peak'] / mb:7.0f} / "
         f"{theirs['peak'] / mb:7.0f} MB = {ours['peak'] / max(theirs['peak'], 1):5.2f}x"
     )
