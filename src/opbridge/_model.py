@@ -29,6 +29,7 @@ __all__ = [
     "DetachedWeights",
     "all_nodes",
     "has_external_data",
+    "infer_node_outputs",
     "initializer_nbytes",
     "read_graph",
 ]
@@ -261,3 +262,45 @@ def read_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
             return onnx.ModelProto()
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _model_without_weights(buf, size)
+
+
+def infer_node_outputs(node: ir.Node, version: int) -> None:
+    """Types the outputs of one node from its inputs (ONNX's inference for that node).
+
+    Standard ops use ONNX's own rules, declared ops their fake implementation (via
+    the schema opbridge registers). Node by node, never the whole model: the
+    builder types what a lowering writes, the runtime the producers of untyped
+    custom-op inputs. A node ONNX cannot infer keeps untyped outputs.
+
+    Args:
+        node: The node; its outputs that already have a type are left alone.
+        version: The opset version of the node's domain.
+    """
+    if all(o.type is not None for o in node.outputs):
+        return
+    try:
+        schema = onnx.defs.get_schema(node.op_type, version, node.domain)
+        types = {
+            v.name: ir.serde.serialize_value(v).type
+            for v in node.inputs
+            if v is not None and v.name and v.type is not None
+        }
+        inferred = onnx.shape_inference.infer_node_outputs(
+            schema, ir.serde.serialize_node(node), types
+        )
+    except Exception:  # inference only adds facts
+        return
+    for out in node.outputs:
+        type_proto = inferred.get(out.name or "")
+        if type_proto is None or not type_proto.HasField("tensor_type"):
+            continue
+        tensor_type = type_proto.tensor_type
+        if tensor_type.elem_type:
+            out.dtype = ir.DataType(tensor_type.elem_type)
+        if tensor_type.HasField("shape"):
+            out.shape = ir.Shape(
+                [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in tensor_type.shape.dim
+                ]
+            )

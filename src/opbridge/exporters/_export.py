@@ -292,11 +292,7 @@ def _save_as_written(
     if external_data:
         return None
     assert output.data is not None
-    if is_path:
-        with open(os.fspath(f), "wb") as out:  # type: ignore[arg-type]
-            out.write(output.data)
-    elif f is not None:
-        f.write(output.data)  # type: ignore[union-attr]
+    _write([output.data], f)
     return onnx.load_from_string(output.data)
 
 
@@ -334,13 +330,20 @@ def _save(
         parts: list[bytes | memoryview] = [proto.SerializeToString()] if f is not None else []
     else:
         parts, proto = weights.write(model)
-    if is_path:
-        with open(os.fspath(f), "wb") as out:  # type: ignore[arg-type]
+    _write(parts, f)
+    return proto
+
+
+def _write(
+    parts: Sequence[bytes | memoryview], f: str | os.PathLike[str] | IO[bytes] | None
+) -> None:
+    """Writes a serialized model, given in parts, to a path or a binary file."""
+    if isinstance(f, (str, os.PathLike)):
+        with open(os.fspath(f), "wb") as out:
             out.writelines(parts)
     elif f is not None:
         for part in parts:
-            f.write(part)  # type: ignore[union-attr]
-    return proto
+            f.write(part)
 
 
 def _external_beside(model: ir.Model, path: str) -> bool:

@@ -23,6 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from opbridge._errors import LoweringError
+from opbridge._model import infer_node_outputs
 
 __all__ = ["Builder", "Value"]
 
@@ -156,43 +157,6 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
-def _infer(node: ir.Node, version: int) -> None:
-    """Types the outputs of one node from its inputs (ONNX's inference for that node).
-
-    Standard ops use ONNX's own rules, declared ops their fake implementation (via
-    the schema opbridge registers). Only the nodes a lowering writes are inferred,
-    never the whole model; a node ONNX cannot infer keeps untyped outputs.
-    """
-    if all(o.type is not None for o in node.outputs):
-        return
-    try:
-        schema = onnx.defs.get_schema(node.op_type, version, node.domain)
-        types = {
-            v.name: ir.serde.serialize_value(v).type
-            for v in node.inputs
-            if v is not None and v.name and v.type is not None
-        }
-        inferred = onnx.shape_inference.infer_node_outputs(
-            schema, ir.serde.serialize_node(node), types
-        )
-    except Exception:  # inference only adds facts
-        return
-    for out in node.outputs:
-        type_proto = inferred.get(out.name or "")
-        if type_proto is None or not type_proto.HasField("tensor_type"):
-            continue
-        tensor_type = type_proto.tensor_type
-        if tensor_type.elem_type:
-            out.dtype = ir.DataType(tensor_type.elem_type)
-        if tensor_type.HasField("shape"):
-            out.shape = ir.Shape(
-                [
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in tensor_type.shape.dim
-                ]
-            )
-
-
 class _NodeFactory:
     def __init__(self, builder: Builder, domain: str, version: int) -> None:
         self._builder = builder
@@ -299,7 +263,7 @@ class Builder:
             self._ctx.used_domains[domain] = max(
                 version or 1, self._ctx.used_domains.get(domain, 1)
             )
-        _infer(node, version or self.opset_version if domain else self.opset_version)
+        infer_node_outputs(node, version or self.opset_version if domain else self.opset_version)
         results = tuple(Value(o) for o in node.outputs)
         return results[0] if outputs == 1 else results
 

@@ -33,7 +33,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from opbridge._model import read_graph
+from opbridge._model import infer_node_outputs, read_graph
 
 __all__ = ["as_ir", "elem_type", "infer_types"]
 
@@ -109,8 +109,6 @@ def infer_types(values: Iterable[ir.Value | None], model: ir.Model, *, shapes: b
 
 
 def _infer_one(node: ir.Node, model: ir.Model, *, shapes: bool) -> None:
-    from opbridge.lowering._builder import _infer as infer_node
-
     version = _opset(node, model)
     if version is None:
         return
@@ -121,7 +119,7 @@ def _infer_one(node: ir.Node, model: ir.Model, *, shapes: bool) -> None:
     for out in node.outputs:
         if out.type is not None and not elem_type(out):
             out.type = None  # declared without an element type: as good as untyped
-    infer_node(node, version)
+    infer_node_outputs(node, version)
 
 
 # Domains whose schemas never change in a process (declared ops' may be re-registered).
