@@ -23,10 +23,11 @@ the RSS before the measured call). Repeats are interleaved; medians are kept.
   with its own ``register_custom_op_symbolic``; each process reports the median of 5
   exports of its model (one takes milliseconds), and the median of ``--layer-repeats``
   processes per side is kept (the same export varies by about 20% from process to
-  process on a shared machine).
+  process on a shared machine); with torch's default threads, then with
+  ``torch.set_num_threads(1)`` on both sides.
 
 Files go to ``/dev/shm`` when it exists, so that disk speed does not drown the ratios.
-Threads: torch and ONNX Runtime at their defaults.
+Threads: torch and ONNX Runtime at their defaults, except where a row says otherwise.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from torch import Tensor
 import opbridge
 
 spec = json.loads(sys.argv[1])
+if spec.get("threads"):
+    torch.set_num_threads(spec["threads"])
 
 def rss():
     with open("/proc/self/status") as f:
@@ -245,9 +248,11 @@ def main() -> None:
         spec = {"kind": "session", "path": path, "warm": warm, "dir": d}
         print(_row("Session(path)", *_pair(spec, args.repeats)), flush=True)
         print("-- TorchScript export, N x (Linear 64x64 + custom op) (opbridge / torch)")
-        for n in (1, 8, 32):
-            spec = {"kind": "layers", "n": n, "dir": d}
-            print(_row(f"{n} layers", *_pair(spec, args.layer_repeats)), flush=True)
+        for threads in (None, 1):
+            for n in (1, 8, 32):
+                spec = {"kind": "layers", "n": n, "dir": d, "threads": threads}
+                label = f"{n} layers, " + ("default threads" if threads is None else "1 thread")
+                print(_row(label, *_pair(spec, args.layer_repeats)), flush=True)
 
 
 if __name__ == "__main__":
