@@ -176,11 +176,12 @@ class OpLayout:
     num_outputs: int
     unsupported: tuple[str, ...] = ()  # "param: type" the ONNX side cannot carry
 
-    @property
+    # Cached: the TorchScript symbolic reads them for every node it writes.
+    @functools.cached_property
     def inputs(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.kind == "input")
 
-    @property
+    @functools.cached_property
     def attributes(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.kind == "attribute")
 

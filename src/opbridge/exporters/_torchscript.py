@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import itertools
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -485,8 +484,14 @@ def weights_nbytes(model: Any) -> int:
     """Bytes of a module's parameters and buffers (0 for anything else)."""
     if not isinstance(model, torch.nn.Module):
         return 0
-    tensors = itertools.chain(model.parameters(), model.buffers())
-    return sum(t.nbytes for t in tensors)
+    # One walk over the modules (parameters() and buffers() walk them once each).
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        for tensors in (module._parameters, module._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    seen[id(t)] = t.nbytes
+    return sum(seen.values())
 
 
 def _dynamic_axes(dynamic_shapes: Any, input_names: list[str] | None) -> Any:
