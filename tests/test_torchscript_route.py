@@ -112,3 +112,16 @@ def test_too_big_for_memory_without_a_path_fails_before_exporting(
     with pytest.raises(opbridge.ExportError, match="needs a path"):
         opbridge.export(model, (x,), io.BytesIO(), exporter="torchscript")
     assert exported == []
+
+
+def test_weights_size_counts_shared_tensors_once() -> None:
+    from opbridge.exporters._torchscript import weights_nbytes
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)
+    )
+    model[1].weight = model[0].weight  # tied: stored once
+    model[2].register_buffer("unset", None)
+    expected = sum(t.nbytes for t in (*model.parameters(), *model.buffers()))
+    assert weights_nbytes(model) == expected == (8 * 8 + 2 * 8 + 4 * 8) * 4 + 8
+    assert weights_nbytes(lambda x: x) == 0
